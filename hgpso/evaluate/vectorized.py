@@ -1,0 +1,169 @@
+"""Scoring every particle in one ``torch.func`` call on a shared mini-batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from hgpso.evaluate.closure import as_scalar_loss
+from hgpso.evaluate.request import EvaluationRequest, active_request
+
+__all__ = ["VectorizedClosure", "vectorized_closure"]
+
+Strategy = Literal["auto", "vmap", "loop"]
+_NORM_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _check_no_running_stats(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, _NORM_WITH_STATS) and module.training and module.track_running_stats:
+            raise ValueError(
+                f"module {name or type(module).__name__!r} ({type(module).__name__}) updates "
+                "running statistics in training mode, which particles evaluated in one vectorized "
+                "call cannot keep apart. Either call "
+                "torch.func.replace_all_batch_norm_modules_(model) once (normalise with batch "
+                "statistics only), use GroupNorm/LayerNorm, or use a plain closure with "
+                "optimizer.step(closure)."
+            )
+
+
+class VectorizedClosure:
+    r"""A closure that scores all particles of an HGPSO/PSO step in one call.
+
+    Build it with :func:`vectorized_closure` and pass it to ``optimizer.step``. For the
+    step's N particles it computes
+
+    .. math::
+        \big(L(x_i),\ \nabla L(x_i)\big)_{i=1..N}, \qquad
+        L(x) = \ell\big(f(\text{inputs}; x), \text{targets}\big)
+
+    with ``torch.func.functional_call`` and ``torch.func.grad_and_value``, mapped over the
+    particle dimension by ``torch.func.vmap`` (``strategy="vmap"``) or by a Python loop
+    (``strategy="loop"``). ``"auto"`` picks ``vmap`` on CUDA and the loop on CPU, where a
+    vmapped convolution is measured slower than N separate ones. Dropout draws independent
+    randomness for each particle. Parameters of ``model`` that the optimizer does not own
+    (frozen ones) and all buffers are shared by every particle.
+
+    Called directly (outside ``optimizer.step``) it returns the loss of the weights the
+    model holds, without gradients.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        inputs: Tensor | tuple[Tensor, ...],
+        targets: Tensor,
+        *,
+        chunk_size: int | None = None,
+        strategy: Strategy = "auto",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        if strategy not in ("auto", "vmap", "loop"):
+            raise ValueError(f"strategy must be 'auto', 'vmap' or 'loop', got {strategy!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        self.targets = targets
+        self.chunk_size = chunk_size
+        self.strategy = strategy
+
+    def __call__(self) -> Tensor:
+        request = active_request()
+        if request is None:
+            with torch.no_grad():
+                return as_scalar_loss(self.loss_fn(self.model(*self.inputs), self.targets))
+        request.losses, request.grads = self.evaluate(request)
+        # the caller reads the request; the return value only feeds wrappers that log it
+        return request.losses.min()
+
+    def resolved_strategy(self, device: torch.device) -> Literal["vmap", "loop"]:
+        if self.strategy != "auto":
+            return self.strategy
+        return "vmap" if device.type == "cuda" else "loop"
+
+    def evaluate(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
+        model = self.model
+        _check_no_running_stats(model)
+        names_by_id = {id(p): n for n, p in model.named_parameters()}
+        names = []
+        for p in request.params:
+            if id(p) not in names_by_id:
+                raise ValueError(
+                    "the optimizer holds a parameter (shape "
+                    f"{tuple(p.shape)}) that is not a parameter of the model given to "
+                    "vectorized_closure; pass the same model whose parameters the optimizer owns"
+                )
+            names.append(names_by_id[id(p)])
+        owned = set(names)
+        shared = {n: p.detach() for n, p in model.named_parameters() if n not in owned}
+        shared.update(dict(model.named_buffers()))
+        loss_fn, inputs, targets = self.loss_fn, self.inputs, self.targets
+
+        def loss_of(particle: tuple[Tensor, ...]) -> Tensor:
+            weights = dict(zip(names, particle, strict=True))
+            weights.update(shared)
+            out = functional_call(model, weights, inputs, strict=False)
+            loss = loss_fn(out, targets)
+            if loss.dim() != 0 and loss.numel() != 1:
+                raise ValueError(
+                    f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}"
+                )
+            return loss.reshape(())
+
+        fn = grad_and_value(loss_of) if request.need_grads else loss_of
+        positions = tuple(request.positions)
+        device = positions[0].device
+        if self.resolved_strategy(device) == "vmap":
+            out = vmap(fn, randomness="different", chunk_size=self.chunk_size)(positions)
+        else:
+            per = [fn(tuple(x[i] for x in positions)) for i in range(positions[0].shape[0])]
+            if request.need_grads:
+                grads = tuple(torch.stack(gs) for gs in zip(*(g for g, _ in per), strict=True))
+                out = (grads, torch.stack([v for _, v in per]))
+            else:
+                out = torch.stack(per)
+        if request.need_grads:
+            grads, losses = out
+            return losses.detach().float(), [g.detach() for g in grads]
+        return out.detach().float(), None
+
+
+def vectorized_closure(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor | tuple[Tensor, ...],
+    targets: Tensor,
+    *,
+    chunk_size: int | None = None,
+    strategy: Strategy = "auto",
+) -> VectorizedClosure:
+    """Closure for ``optimizer.step`` that scores every particle in one ``torch.func`` call.
+
+    Example::
+
+        for x, y in loader:
+            opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+
+    Args:
+        model: the module whose parameters the optimizer owns.
+        loss_fn: ``loss_fn(outputs, targets)`` returning a scalar, e.g.
+            ``torch.nn.functional.cross_entropy``.
+        inputs: the mini-batch (a tensor, or a tuple of positional arguments of ``model``).
+        targets: what ``loss_fn`` compares the outputs with.
+        chunk_size: evaluate at most this many particles at once under ``vmap`` to bound
+            memory (``None``: all at once).
+        strategy: ``"vmap"``, ``"loop"`` or ``"auto"`` (vmap on CUDA, loop on CPU).
+    """
+    return VectorizedClosure(
+        model, loss_fn, inputs, targets, chunk_size=chunk_size, strategy=strategy
+    )

@@ -1,0 +1,190 @@
+r"""Pure tensor math of the particle-swarm updates.
+
+Nothing in this module knows about modules, closures, devices or optimizer state: every
+function takes tensors and numbers and mutates the tensors it is given in place. The
+optimizer classes in :mod:`hgpso.optim` call these functions, and every fast path (the
+fused CUDA kernel in :mod:`hgpso.kernels`) is tested against them.
+
+Tensor layout: each tensor in ``positions``, ``velocities``, ``pbests``, ``grads``, ``r1``
+and ``r2`` has shape ``(N, *param_shape)`` (N particles); each tensor in ``gbests`` has shape
+``param_shape`` and is broadcast over the particle dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "accept_personal_bests_",
+    "hgpso_update_",
+    "perturb_",
+    "success_adaptive_coefficients",
+]
+
+
+def _check_lists(**lists: Sequence[Tensor] | None) -> int:
+    lengths = {name: len(ts) for name, ts in lists.items() if ts is not None}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"tensor lists must have equal lengths, got {lengths}")
+    return next(iter(lengths.values()), 0)
+
+
+def hgpso_update_(
+    positions: Sequence[Tensor],
+    velocities: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    grads: Sequence[Tensor] | None,
+    r1: Sequence[Tensor],
+    r2: Sequence[Tensor],
+    *,
+    lr: float,
+    inertia: float,
+    cognitive: float,
+    social: float,
+    max_velocity: float | None = None,
+) -> None:
+    r"""One velocity and position update of every particle, in place.
+
+    .. math::
+        \begin{aligned}
+            v &\leftarrow w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x)
+                 - \eta\,\nabla L(x) \\
+            v &\leftarrow \operatorname{clamp}(v, -v_{max}, v_{max})
+                 \quad \text{(if } v_{max} \text{ is given)} \\
+            x &\leftarrow x + v
+        \end{aligned}
+
+    with :math:`w` = ``inertia``, :math:`c_1` = ``cognitive``, :math:`c_2` = ``social``,
+    :math:`\eta` = ``lr``, :math:`p` the personal bests, :math:`g` the global best and
+    :math:`r_1, r_2 \sim U[0, 1)` drawn per element and per particle (given here, so the
+    caller owns the random stream). ``grads=None`` (or ``lr == 0``) gives the plain,
+    gradient-free PSO update.
+
+    The arithmetic is done in this order (the fused kernel follows it, so results agree
+    to rounding): ``v = w*v``; ``v += c1*r1*(p - x)``; ``v += c2*r2*(g - x)``;
+    ``v -= lr*grad``; clamp; ``x += v``.
+    """
+    n = _check_lists(
+        positions=positions, velocities=velocities, pbests=pbests, gbests=gbests,
+        grads=grads, r1=r1, r2=r2,
+    )
+    if n == 0:
+        return
+    positions, velocities = list(positions), list(velocities)
+    # w*v
+    torch._foreach_mul_(velocities, inertia)
+    # + c1*r1*(p - x)
+    diff = torch._foreach_sub(list(pbests), positions)
+    torch._foreach_mul_(diff, list(r1))
+    torch._foreach_add_(velocities, diff, alpha=cognitive)
+    # + c2*r2*(g - x); g broadcasts over the particle dimension
+    diff = [g.unsqueeze(0) - x for g, x in zip(gbests, positions, strict=True)]
+    torch._foreach_mul_(diff, list(r2))
+    torch._foreach_add_(velocities, diff, alpha=social)
+    del diff
+    # - lr*grad
+    if grads is not None and lr != 0.0:
+        torch._foreach_add_(velocities, list(grads), alpha=-lr)
+    if max_velocity is not None:
+        torch._foreach_clamp_min_(velocities, -max_velocity)
+        torch._foreach_clamp_max_(velocities, max_velocity)
+    torch._foreach_add_(positions, velocities)
+
+
+def accept_personal_bests_(
+    positions: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    pbest_losses: Tensor,
+    losses: Tensor,
+    valid: Tensor,
+    *,
+    forget: float = 0.0,
+) -> Tensor:
+    r"""Update personal bests from this step's losses, in place; return the improved mask.
+
+    Losses on a mini-batch are noisy, and a best recorded on one lucky batch would
+    otherwise be kept forever. So before comparing, each stored best loss is pulled a
+    fraction ``forget`` (:math:`\phi`) of the way up toward the particle's current loss:
+
+    .. math::
+        \begin{aligned}
+            \hat f_i &\leftarrow \hat f_i + \phi\,\max(0,\, f_i - \hat f_i) \\
+            \text{if } f_i \le \hat f_i \text{ and particle } i \text{ is finite:}
+              &\quad p_i \leftarrow x_i,\ \hat f_i \leftarrow f_i
+        \end{aligned}
+
+    :math:`\phi = 0` is the classic rule; with :math:`\phi > 0` a stale best is forgotten
+    within roughly :math:`1/\phi` steps unless it keeps being confirmed. Invalid particles
+    (``valid[i]`` false: a NaN/inf loss or gradient) never become a best, and their stored
+    best loss is not touched.
+
+    Args:
+        positions, pbests: per-parameter tensors of shape ``(N, *shape)``.
+        pbest_losses: ``(N,)`` stored best losses (updated in place).
+        losses: ``(N,)`` this step's losses.
+        valid: ``(N,)`` bool, which particles are finite.
+        forget: :math:`\phi \in [0, 1]`.
+    """
+    losses = losses.to(pbest_losses.dtype)
+    if forget > 0.0:
+        gap = torch.where(valid, (losses - pbest_losses).clamp_min(0.0), 0.0)
+        # inf - inf is NaN; an untouched best (inf) simply stays inf until a finite loss arrives
+        gap = torch.nan_to_num(gap, nan=0.0, posinf=0.0)
+        pbest_losses.add_(gap, alpha=forget)
+    improved = valid & (losses <= pbest_losses)
+    pbest_losses.copy_(torch.where(improved, losses, pbest_losses))
+    for x, p in zip(positions, pbests, strict=True):
+        mask = improved.view((-1,) + (1,) * (x.dim() - 1)).to(x.device)
+        p.copy_(torch.where(mask, x, p))
+    return improved
+
+
+def perturb_(
+    targets: Sequence[Tensor],
+    centers: Sequence[Tensor],
+    spread: float,
+    generator: torch.Generator | None,
+) -> None:
+    r"""Set each ``targets[k]`` to ``centers[k] + spread * ε``, :math:`ε \sim \mathcal N(0, 1)`.
+
+    ``targets[k]`` has shape ``(M, *shape)``, ``centers[k]`` shape ``shape`` (broadcast). The
+    noise comes from ``generator`` so the swarm stays reproducible.
+    """
+    for t, c in zip(targets, centers, strict=True):
+        if t.numel() == 0:
+            continue
+        noise = torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+        t.copy_(c.unsqueeze(0) + spread * noise)
+
+
+def success_adaptive_coefficients(
+    success_rate: float,
+    *,
+    inertia: float,
+    cognitive: float,
+    social: float,
+) -> tuple[float, float, float]:
+    r"""Swarm coefficients adapted to the smoothed fraction of improving particles.
+
+    .. math::
+        \begin{aligned}
+            w_t   &= w\,(0.5 + 0.5\,\bar s_t) \\
+            c_{1,t} &= c_1\,(0.5 + \bar s_t) \\
+            c_{2,t} &= c_2\,(1.5 - \bar s_t)
+        \end{aligned}
+
+    :math:`\bar s_t \in [0, 1]` is an exponential moving average of the fraction of
+    particles that improved their personal best in a step. While particles keep improving
+    on their own, momentum and self-trust stay high (exploration); when few improve, the
+    swarm damps its momentum and leans on the global best (exploitation). At
+    :math:`\bar s = 0.5` the cognitive and social terms equal their base values.
+    """
+    if not math.isfinite(success_rate):
+        raise ValueError(f"success_rate must be finite, got {success_rate}")
+    s = min(max(success_rate, 0.0), 1.0)
+    return inertia * (0.5 + 0.5 * s), cognitive * (0.5 + s), social * (1.5 - s)

@@ -1,0 +1,161 @@
+"""HG-PSO: particle swarm optimization with a gradient term in the velocity."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import Tensor
+
+from hgpso.optim.swarm import SwarmOptimizer
+
+__all__ = ["HGPSO"]
+
+
+class HGPSO(SwarmOptimizer):
+    r"""Hybrid Gradient-Based Particle Swarm Optimization.
+
+    A swarm of :math:`N` particles, each a full copy of the trainable parameters, moves under
+    particle-swarm attraction plus a gradient-descent term. After every step the model's
+    parameters hold the swarm's global best.
+
+    .. math::
+        \begin{aligned}
+            &\rule{110mm}{0.4pt} \\
+            &\textbf{input}: \theta_0 \text{ (params)}, N \text{ (num\_particles)},
+                \eta \text{ (lr)}, w \text{ (inertia)}, c_1 \text{ (cognitive)},
+                c_2 \text{ (social)}, \\
+            &\hspace{13mm} \sigma \text{ (init\_spread)}, v_{max} \text{ (max\_velocity)},
+                \phi \text{ (forget)}, \beta \text{ (ema\_beta)} \\
+            &\textbf{initialize}: x_1 \leftarrow \theta_0,\
+                x_i \leftarrow \theta_0 + \sigma\,\varepsilon_i\ (i>1),\
+                v_i \leftarrow 0,\ p_i \leftarrow x_i,\ \hat f_i \leftarrow +\infty,\
+                \bar s \leftarrow 0.5,\ \kappa \leftarrow 1 \\
+            &\rule{110mm}{0.4pt} \\
+            &\textbf{for}\ t=1 \textbf{ to } \ldots \textbf{ do} \\
+            &\hspace{5mm} f_i \leftarrow L_t(x_i),\ g_i \leftarrow \nabla L_t(x_i)
+                \quad \text{(same mini-batch for all } i\text{)} \\
+            &\hspace{5mm} \text{ok}_i \leftarrow f_i \text{ and } g_i \text{ finite} \\
+            &\hspace{5mm} \hat f_i \leftarrow \hat f_i + \phi \max(0, f_i - \hat f_i) \\
+            &\hspace{5mm} \textbf{if}\ \text{ok}_i \textbf{ and } f_i \le \hat f_i:
+                \ p_i \leftarrow x_i,\ \hat f_i \leftarrow f_i \\
+            &\hspace{5mm} b \leftarrow \arg\min_i \hat f_i,\ g^\star \leftarrow p_b \\
+            &\hspace{5mm} \textbf{if}\ \text{adaptive}: \\
+            &\hspace{10mm} \bar s \leftarrow \beta \bar s
+                + (1-\beta)\,|\{i: p_i \text{ improved}\}| / N \\
+            &\hspace{10mm} w_t, c_{1,t}, c_{2,t} \leftarrow
+                w(0.5+0.5\bar s),\ c_1(0.5+\bar s),\ c_2(1.5-\bar s) \\
+            &\hspace{10mm} \eta_t \leftarrow \kappa\,\eta
+                \quad (\kappa \leftarrow \max(\kappa \cdot \text{lr\_factor},
+                \text{min\_lr\_scale}) \text{ after every lr\_patience} \\
+            &\hspace{25mm} \text{steps without progress of the smoothed best loss}) \\
+            &\hspace{5mm} r_1, r_2 \sim U[0,1)^{N \times P} \\
+            &\hspace{5mm} v_i \leftarrow w_t v_i + c_{1,t} r_1 \odot (p_i - x_i)
+                + c_{2,t} r_2 \odot (g^\star - x_i) - \eta_t\, g_i \\
+            &\hspace{5mm} v_i \leftarrow \operatorname{clamp}(v_i, -v_{max}, v_{max}) \\
+            &\hspace{5mm} x_i \leftarrow x_i + v_i \\
+            &\hspace{5mm} \textbf{if not}\ \text{ok}_i: x_i \leftarrow g^\star
+                + \sigma\varepsilon,\ v_i \leftarrow 0 \quad \text{(re-seed, counted)} \\
+            &\hspace{5mm} \theta_t \leftarrow g^\star \\
+            &\rule{110mm}{0.4pt} \\
+            &\bf{return} \: \theta_t \\
+            &\rule{110mm}{0.4pt}
+        \end{aligned}
+
+    **Noisy mini-batch losses.** All particles are scored on the same batch, so the
+    comparisons within a step are fair, but a best recorded on a lucky batch would win
+    forever. ``forget`` (:math:`\phi`) lifts each stored best loss toward the particle's
+    current loss before comparing, so an unconfirmed best fades within about
+    :math:`1/\phi` steps; ``forget=0`` is the classic rule.
+
+    **Adaptation** (``adaptive=True``, the default; ``False`` keeps every coefficient at
+    its group value). The coefficients follow the smoothed success rate :math:`\bar s`
+    (fraction of particles improving their best): high success keeps momentum and
+    self-trust, low success damps momentum and pulls toward the global best. The learning
+    rate follows the trend of the smoothed best loss :math:`\text{EMA}_\beta(\min_i f_i)`:
+    each ``lr_patience`` steps without a relative improvement above ``tol`` multiply it by
+    ``lr_factor``, down to ``min_lr_scale`` times the group's ``lr``.
+
+    **Convergence signal.** :attr:`stalled` turns true after ``patience`` steps without
+    such an improvement.
+
+    The velocity term :math:`w v - \eta g` alone is heavy-ball momentum SGD (effective step
+    :math:`\eta/(1-w)`), so ``lr`` and ``inertia`` behave like SGD's ``lr`` and
+    ``momentum``; the swarm adds attraction toward personal and global bests.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups. Every group may
+            set ``lr``, ``inertia``, ``cognitive``, ``social``, ``max_velocity`` and
+            ``init_spread``; the others are swarm-wide.
+        lr: gradient scale :math:`\eta` (default: 1e-2).
+        num_particles: swarm size :math:`N`; a step costs :math:`N` forward and backward
+            passes (default: 8).
+        inertia: :math:`w` (default: 0.9).
+        cognitive: :math:`c_1`, pull toward the particle's own best (default: 0.5).
+        social: :math:`c_2`, pull toward the global best (default: 0.5).
+        max_velocity: clamp of each velocity element, or ``None`` (default: None).
+        init_spread: standard deviation :math:`\sigma` of the Gaussian noise that scatters
+            particles :math:`2..N` around the initial weights, and re-seeded particles around
+            the global best (default: 1e-2).
+        forget: :math:`\phi \in [0, 1]` (default: 0.05).
+        adaptive: adapt :math:`w, c_1, c_2, \eta` to swarm progress (default: True).
+        ema_beta: smoothing :math:`\beta` of the success rate and best loss (default: 0.9).
+        tol: relative improvement of the smoothed best loss that counts as progress
+            (default: 1e-3).
+        patience: steps without progress before :attr:`stalled` (default: 1000).
+        lr_patience: steps without progress between learning-rate cuts (default: 200).
+        lr_factor: learning-rate cut factor (default: 0.5).
+        min_lr_scale: floor of the learning-rate scale (default: 0.01).
+        seed: seed of the swarm's own random generator; ``None`` draws it from torch's
+            global generator, so ``torch.manual_seed`` makes runs repeatable (default: None).
+        fused: ``None`` uses the fused CUDA kernel when the parameters are on CUDA and it
+            is available; ``True`` requires it (raising the stored build error otherwise);
+            ``False`` always uses the pure-PyTorch update (default: None).
+
+    Example:
+        >>> opt = HGPSO(model.parameters(), lr=0.01, num_particles=8)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = loss_fn(model(x), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> opt.step(closure)  # or opt.step(hgpso.vectorized_closure(model, loss_fn, x, y))
+    """
+
+    uses_gradients = True
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-2,
+        num_particles: int = 8,
+        inertia: float = 0.9,
+        cognitive: float = 0.5,
+        social: float = 0.5,
+        max_velocity: float | None = None,
+        init_spread: float = 1e-2,
+        *,
+        forget: float = 0.05,
+        adaptive: bool = True,
+        ema_beta: float = 0.9,
+        tol: float = 1e-3,
+        patience: int = 1000,
+        lr_patience: int = 200,
+        lr_factor: float = 0.5,
+        min_lr_scale: float = 0.01,
+        seed: int | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "inertia": inertia,
+            "cognitive": cognitive,
+            "social": social,
+            "max_velocity": max_velocity,
+            "init_spread": init_spread,
+        }
+        super().__init__(
+            params, defaults, num_particles=num_particles, forget=forget, adaptive=adaptive,
+            ema_beta=ema_beta, tol=tol, patience=patience, lr_patience=lr_patience,
+            lr_factor=lr_factor, min_lr_scale=min_lr_scale, seed=seed, fused=fused,
+        )

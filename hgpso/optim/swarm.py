@@ -1,0 +1,453 @@
+"""The swarm optimizer base: state layout, the step contract, bookkeeping and adaptation.
+
+:class:`~hgpso.optim.HGPSO` and :class:`~hgpso.optim.PSO` differ only in whether the
+gradient enters the velocity; everything else (how particles are stored, scored, accepted
+as bests, guarded against NaN, adapted and saved) is defined once, here.
+
+State layout (the single definition of it):
+
+``optimizer.state[p]`` for every trainable parameter ``p`` (shape ``S``):
+    ``position``, ``velocity``, ``pbest``: tensors of shape ``(N, *S)`` in ``p``'s dtype
+    and device; row ``i`` is particle ``i``.
+``optimizer.state["swarm"]`` (one per optimizer, since a particle spans all groups):
+    ``step`` (int), ``pbest_losses`` (``(N,)`` float32 on the parameters' device),
+    ``gbest_index`` (int), ``gbest_loss`` (float), ``rng_state`` (the generator's state,
+    refreshed by :meth:`state_dict`), ``kernel_seed`` (int, for the fused kernel's
+    counter-based randoms), ``success_rate``, ``loss_ema``, ``best_loss_ema`` (floats),
+    ``steps_since_improvement`` (int), ``lr_scale`` (float), ``nan_reseeds`` (int),
+    ``evaluations`` (int: forward passes spent).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from hgpso import functional as F
+from hgpso import kernels
+from hgpso.evaluate import EvaluationRequest, evaluate_particles
+
+__all__ = ["SwarmOptimizer"]
+
+_SWARM = "swarm"
+
+
+def _check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
+                  low_open: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        lo = "(" if low_open else "["
+        raise ValueError(f"invalid {name}: {value!r}, expected a value in {lo}{low}, {high}]")
+
+
+class SwarmOptimizer(Optimizer):
+    """Common machinery of the particle-swarm optimizers (not used directly)."""
+
+    #: whether the velocity has a gradient term (and so the closure must call backward)
+    uses_gradients: bool = True
+    #: per-group hyperparameters checked by :meth:`_validate_group`
+    _group_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        num_particles: int,
+        forget: float,
+        adaptive: bool,
+        ema_beta: float,
+        tol: float,
+        patience: int,
+        lr_patience: int,
+        lr_factor: float,
+        min_lr_scale: float,
+        seed: int | None,
+        fused: bool | None,
+    ) -> None:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
+                or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
+        _check_number("forget", forget, high=1.0)
+        _check_number("ema_beta", ema_beta, high=1.0)
+        if ema_beta >= 1.0:
+            raise ValueError(f"invalid ema_beta: {ema_beta!r}, expected a value in [0, 1)")
+        _check_number("tol", tol)
+        for name, value in (("patience", patience), ("lr_patience", lr_patience)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _check_number("lr_factor", lr_factor, high=1.0, low_open=True)
+        _check_number("min_lr_scale", min_lr_scale, high=1.0, low_open=True)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be None, True or False, got {fused!r}")
+        for key, value in defaults.items():
+            self._validate_value(key, value)
+        super().__init__(params, defaults)
+        self.num_particles = num_particles
+        self.forget = float(forget)
+        self.adaptive = bool(adaptive)
+        self.ema_beta = float(ema_beta)
+        self.tol = float(tol)
+        self.patience = patience
+        self.lr_patience = lr_patience
+        self.lr_factor = float(lr_factor)
+        self.min_lr_scale = float(min_lr_scale)
+        self.seed = seed
+        self.fused = fused
+        self._generator: torch.Generator | None = None
+        devices = {p.device for p in self._trainable()}
+        if len(devices) > 1:
+            raise ValueError(
+                f"all parameters must be on one device, got {sorted(map(str, devices))}: "
+                "every particle is a full copy of the model kept in one batched swarm"
+            )
+        if fused and not kernels.is_available():
+            raise RuntimeError(
+                "fused=True but the fused HG-PSO kernel is unavailable "
+                "(run `python -m hgpso.kernels --build` for details)"
+            ) from kernels.load_error()
+
+    # ----------------------------------------------------------------- validation
+    def _validate_value(self, key: str, value: Any) -> None:
+        if key == "max_velocity":
+            _check_number(key, value, low=0.0, low_open=True, allow_none=True)
+        elif key in ("lr", "inertia", "cognitive", "social", "init_spread"):
+            _check_number(key, value)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in param_group.items():
+            if key != "params":
+                self._validate_value(key, value)
+        if getattr(self, "_generator", None) is not None or _SWARM in self.state:
+            raise RuntimeError(
+                "cannot add a param group after the swarm was created: every particle must "
+                "cover the same parameters from the first step on"
+            )
+        super().add_param_group(param_group)
+
+    # ------------------------------------------------------------------ helpers
+    def _trainable(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    def _device(self) -> torch.device:
+        params = self._trainable()
+        return params[0].device if params else torch.device("cpu")
+
+    def _group_tensors(self, group: dict[str, Any], key: str) -> list[Tensor]:
+        return [self.state[p][key] for p in group["params"] if p.requires_grad]
+
+    @property
+    def _param_index(self) -> dict[int, int]:
+        return {id(p): i for i, p in enumerate(self._trainable())}
+
+    def _all(self, key: str) -> list[Tensor]:
+        return [self.state[p][key] for p in self._trainable()]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The swarm's own random stream (positions, ``r1``, ``r2``, re-seeding)."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=self._device())
+            seed = self.seed
+            if seed is None:  # follow torch.manual_seed, like torch's own initialisers
+                seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            self._generator.manual_seed(seed)
+        return self._generator
+
+    @property
+    def swarm(self) -> dict[str, Any]:
+        """Swarm-wide state (creates the swarm on first use)."""
+        self._init_swarm()
+        return self.state[_SWARM]
+
+    def _init_swarm(self) -> None:
+        if _SWARM in self.state:
+            return
+        g = self.generator
+        n = self.num_particles
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if not p.requires_grad:
+                        continue
+                    if p.is_sparse:
+                        raise RuntimeError("HGPSO does not support sparse parameters")
+                    position = p.detach().unsqueeze(0).repeat((n,) + (1,) * p.dim())
+                    # particle 0 is the model as given; the others scatter around it
+                    F.perturb_([position[1:]], [p.detach()], group["init_spread"], g)
+                    self.state[p] = {
+                        "position": position,
+                        "velocity": torch.zeros_like(position),
+                        "pbest": position.clone(),
+                    }
+        self.state[_SWARM] = {
+            "step": 0,
+            "pbest_losses": torch.full((n,), math.inf, device=self._device()),
+            "gbest_index": 0,
+            "gbest_loss": math.inf,
+            "rng_state": None,
+            "kernel_seed": int(torch.randint(0, 2**62, (), generator=g, device=g.device)),
+            "success_rate": 0.5,
+            "loss_ema": None,
+            "best_loss_ema": math.inf,
+            "steps_since_improvement": 0,
+            "lr_scale": 1.0,
+            "nan_reseeds": 0,
+            "evaluations": 0,
+        }
+
+    # -------------------------------------------------------------- public views
+    @property
+    def stalled(self) -> bool:
+        """True when the smoothed best loss has not improved by more than ``tol``
+        (relative) for ``patience`` consecutive steps: a loop may stop early."""
+        if _SWARM not in self.state:
+            return False
+        return self.state[_SWARM]["steps_since_improvement"] >= self.patience
+
+    def gbest(self) -> list[Tensor]:
+        """The global best position, one tensor per trainable parameter (views)."""
+        i = self.swarm["gbest_index"]
+        return [x[i] for x in self._all("pbest")]
+
+    def effective_hyperparameters(self, group: dict[str, Any] | int = 0) -> dict[str, float]:
+        """``lr``, ``inertia``, ``cognitive``, ``social`` as the next step will use them
+        (the group's values after adaptation)."""
+        if isinstance(group, int):
+            group = self.param_groups[group]
+        swarm = self.swarm
+        w, c1, c2 = group["inertia"], group["cognitive"], group["social"]
+        lr = group.get("lr", 0.0)
+        if self.adaptive:
+            w, c1, c2 = F.success_adaptive_coefficients(
+                swarm["success_rate"], inertia=w, cognitive=c1, social=c2
+            )
+            lr = lr * swarm["lr_scale"]
+        return {"lr": lr, "inertia": w, "cognitive": c1, "social": c2}
+
+    def swarm_stats(self) -> dict[str, float]:
+        """Numbers worth logging: best and smoothed losses, adaptation, NaN re-seeds."""
+        s = self.swarm
+        return {
+            "step": float(s["step"]),
+            "gbest_loss": float(s["gbest_loss"]),
+            "loss_ema": float("nan") if s["loss_ema"] is None else float(s["loss_ema"]),
+            "success_rate": float(s["success_rate"]),
+            "lr_scale": float(s["lr_scale"]),
+            "nan_reseeds": float(s["nan_reseeds"]),
+            "evaluations": float(s["evaluations"]),
+            "steps_since_improvement": float(s["steps_since_improvement"]),
+        }
+
+    # ------------------------------------------------------------------ the step
+    def _write_gbest_into_params(self) -> None:
+        for p, g in zip(self._trainable(), self.gbest(), strict=True):
+            p.copy_(g)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Tensor:  # type: ignore[override]
+        """Score every particle with ``closure``, update bests and move the swarm.
+
+        Args:
+            closure: re-evaluates the model and returns the loss. For :class:`HGPSO` it must
+                also call ``backward()`` (a standard closure: ``zero_grad``, forward,
+                ``backward``, ``return loss``); it is called once per particle, with that
+                particle's weights loaded into the model. Or a
+                :func:`hgpso.vectorized_closure`, which scores all particles in one call.
+
+        Returns:
+            The lowest loss any particle reached on this step's batch.
+
+        After the step the model's parameters hold the swarm's global best.
+        """
+        if closure is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs a closure: a swarm scores N candidate "
+                "weight sets per step, so it must be able to re-evaluate the loss for each. "
+                "Pass `optimizer.step(closure)` (or `hgpso.vectorized_closure(...)`)."
+            )
+        self._init_swarm()
+        params = self._trainable()
+        if not params:
+            return torch.tensor(math.nan)
+        swarm = self.state[_SWARM]
+        request = EvaluationRequest(params, self._all("position"), self.uses_gradients)
+        try:
+            losses, grads = evaluate_particles(closure, request)
+            if losses.shape != (self.num_particles,):
+                raise ValueError(
+                    f"expected {self.num_particles} particle losses, got shape "
+                    f"{tuple(losses.shape)}"
+                )
+        finally:
+            # whatever happened, the model holds the last good global best again
+            self._write_gbest_into_params()
+        self._advance(losses, grads)
+        self._write_gbest_into_params()
+        swarm["evaluations"] += self.num_particles
+        finite = losses[torch.isfinite(losses)]
+        return finite.min() if finite.numel() else losses.min()
+
+    def _advance(self, losses: Tensor, grads: list[Tensor] | None) -> None:
+        swarm = self.state[_SWARM]
+        params = self._trainable()
+        positions = self._all("position")
+        device = positions[0].device
+        losses = losses.to(device)
+
+        # NaN guard: a particle with a non-finite loss or gradient is never a best
+        valid = torch.isfinite(losses)
+        if grads is not None:
+            for g in grads:
+                valid &= torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+            for g in grads:  # keep the invalid particles' garbage out of the arithmetic
+                g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
+
+        improved = F.accept_personal_bests_(
+            positions, self._all("pbest"), swarm["pbest_losses"], losses, valid,
+            forget=self.forget,
+        )
+        pbest_losses = swarm["pbest_losses"]
+        gbest_index = int(torch.argmin(pbest_losses))
+        n_valid, n_improved, best_now, gbest_loss = (
+            torch.stack([
+                valid.sum().float(),
+                improved.sum().float(),
+                torch.where(valid, losses, math.inf).min(),
+                pbest_losses[gbest_index],
+            ]).tolist()
+        )
+        swarm["gbest_index"] = gbest_index
+        swarm["gbest_loss"] = gbest_loss
+        self._adapt(n_improved / self.num_particles, best_now)
+
+        gbests = [x[gbest_index] for x in self._all("pbest")]
+        g_by_param = dict(zip(map(id, params), gbests, strict=True))
+        grad_by_param = dict(zip(map(id, params), grads, strict=True)) if grads else None
+        for k, group in enumerate(self.param_groups):
+            trainable = [p for p in group["params"] if p.requires_grad]
+            if not trainable:
+                continue
+            hp = self.effective_hyperparameters(group)
+            self._update_group(
+                group_index=k,
+                positions=[self.state[p]["position"] for p in trainable],
+                velocities=[self.state[p]["velocity"] for p in trainable],
+                pbests=[self.state[p]["pbest"] for p in trainable],
+                gbests=[g_by_param[id(p)] for p in trainable],
+                grads=None if grad_by_param is None else [grad_by_param[id(p)] for p in trainable],
+                lr=hp["lr"] if self.uses_gradients else 0.0,
+                inertia=hp["inertia"],
+                cognitive=hp["cognitive"],
+                social=hp["social"],
+                max_velocity=group["max_velocity"],
+            )
+
+        n_bad = self.num_particles - int(n_valid)
+        if n_bad:
+            self._reseed(~valid, gbests)
+            swarm["nan_reseeds"] += n_bad
+        swarm["step"] += 1
+
+    def _update_group(self, *, group_index: int, positions: list[Tensor],
+                      velocities: list[Tensor], pbests: list[Tensor], gbests: list[Tensor],
+                      grads: list[Tensor] | None, lr: float, inertia: float, cognitive: float,
+                      social: float, max_velocity: float | None) -> None:
+        swarm = self.state[_SWARM]
+        device = positions[0].device
+        use_fused = self.fused is True or (
+            self.fused is None and device.type == "cuda" and kernels.is_available()
+        )
+        if use_fused:
+            kernels.fused_hgpso_update_(
+                positions, velocities, pbests, gbests, grads,
+                seed=swarm["kernel_seed"], offset=swarm["step"] * len(self.param_groups)
+                + group_index,
+                lr=lr, inertia=inertia, cognitive=cognitive, social=social,
+                max_velocity=max_velocity,
+            )
+            return
+        g = self.generator
+        r1 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
+        r2 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
+        F.hgpso_update_(
+            positions, velocities, pbests, gbests, grads, r1, r2,
+            lr=lr, inertia=inertia, cognitive=cognitive, social=social,
+            max_velocity=max_velocity,
+        )
+
+    def _reseed(self, bad: Tensor, gbests: list[Tensor]) -> None:
+        """Put non-finite particles back near the global best, at rest."""
+        idx = bad.nonzero().flatten()
+        g = self.generator
+        # one pass in parameter order, so the random stream is deterministic
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                st = self.state[p]
+                fresh = torch.empty_like(st["position"][idx])
+                F.perturb_([fresh], [gbests[self._param_index[id(p)]]], group["init_spread"], g)
+                st["position"][idx] = fresh
+                st["velocity"][idx] = 0.0
+
+    def _adapt(self, success: float, best_now: float) -> None:
+        r"""Smoothed progress signals: success rate, loss EMA, stall counter, lr scale."""
+        swarm = self.state[_SWARM]
+        beta = self.ema_beta
+        swarm["success_rate"] = beta * swarm["success_rate"] + (1 - beta) * success
+        if not math.isfinite(best_now):
+            swarm["steps_since_improvement"] += 1
+            return
+        ema = swarm["loss_ema"]
+        ema = best_now if ema is None else beta * ema + (1 - beta) * best_now
+        swarm["loss_ema"] = ema
+        best = swarm["best_loss_ema"]
+        if ema < best - self.tol * abs(best) or not math.isfinite(best):
+            swarm["best_loss_ema"] = ema
+            swarm["steps_since_improvement"] = 0
+            return
+        swarm["steps_since_improvement"] += 1
+        if self.adaptive and swarm["steps_since_improvement"] % self.lr_patience == 0:
+            swarm["lr_scale"] = max(swarm["lr_scale"] * self.lr_factor, self.min_lr_scale)
+
+    # --------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        if _SWARM in self.state:
+            self.state[_SWARM]["rng_state"] = self.generator.get_state()
+        sd = super().state_dict()
+        if _SWARM in sd["state"]:  # a snapshot, not the live dict the next step mutates
+            sd["state"][_SWARM] = copy.deepcopy(sd["state"][_SWARM])
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        swarm = state_dict["state"].get(_SWARM)
+        if swarm is not None:
+            n = int(swarm["pbest_losses"].numel())
+            if n != self.num_particles:
+                raise ValueError(
+                    f"the state_dict holds a swarm of {n} particles but this optimizer was "
+                    f"built with num_particles={self.num_particles}"
+                )
+        super().load_state_dict(state_dict)
+        if swarm is None:
+            return
+        swarm = copy.deepcopy(swarm)
+        swarm["pbest_losses"] = swarm["pbest_losses"].to(self._device(), torch.float32)
+        self.state[_SWARM] = swarm
+        if swarm.get("rng_state") is not None:
+            self.generator.set_state(swarm["rng_state"].cpu())
