@@ -167,7 +167,7 @@ class Categorical(Param):
 
     def decode(self, u: float) -> Any:
         n = len(self.choices)
-        idx = min(int(math.floor(min(max(float(u), 0.0), 1.0) * n)), n - 1)
+        idx = min(math.floor(min(max(float(u), 0.0), 1.0) * n), n - 1)
         return self.choices[idx]
 
     def encode(self, value: Any) -> float:

@@ -1,0 +1,36 @@
+"""Hyperparameter search for hgpso: typed spaces, ask/tell strategies and an LLM client.
+
+``from hgpso.tune import SearchSpace, Float, Int, Categorical, minimize, LLMClient``
+
+Strategies: ``random``, ``pso``, ``ga`` (paper 003), ``llm_pso`` (papers 000/001: the LLM
+replaces the k worst particles) and ``llm_ga`` (paper 002: LLM-written children with
+Evolution-of-Thought feedback). ``openai`` is imported only when an LLM is actually called.
+"""
+
+from .driver import TuneResult, minimize
+from .llm import LLMClient, LLMError, LLMStats, extract_json, parse_points, points_schema
+from .space import Categorical, Float, Int, Param, SearchSpace
+from .strategies import GA, LLMGA, LLMPSO, PSO, RandomSearch, Strategy, make_strategy
+
+__all__ = [
+    "GA",
+    "LLMGA",
+    "LLMPSO",
+    "PSO",
+    "Categorical",
+    "Float",
+    "Int",
+    "LLMClient",
+    "LLMError",
+    "LLMStats",
+    "Param",
+    "RandomSearch",
+    "SearchSpace",
+    "Strategy",
+    "TuneResult",
+    "extract_json",
+    "make_strategy",
+    "minimize",
+    "parse_points",
+    "points_schema",
+]

@@ -1,0 +1,353 @@
+"""A small, defensive client for OpenAI-compatible chat servers, and answer parsing.
+
+The LLM is a *source of candidate points*, never of code: its answer is parsed as JSON,
+each proposed point is type-checked and clipped by :meth:`SearchSpace.coerce`, and points
+already tried (or repeated inside the answer) are dropped. Nothing returned by the model is
+ever ``eval``-ed or executed.
+
+Configuration (argument first, then environment):
+
+=============  =====================================  ==============================
+setting        environment variables, in order        default
+=============  =====================================  ==============================
+base_url       ``HGPSO_LLM_BASE_URL``, ``OPENAI_BASE_URL``   OpenAI's public endpoint
+model          ``HGPSO_LLM_MODEL``, ``OPENAI_MODEL``         required
+api_key        ``HGPSO_LLM_API_KEY``, ``OPENAI_API_KEY``     ``"sk-no-key"`` (local servers)
+temperature    ``HGPSO_LLM_TEMPERATURE``                     0.7
+=============  =====================================  ==============================
+
+The key is kept in the underlying ``openai`` client only: it is not part of ``repr``,
+:meth:`LLMClient.describe` or any stats, and so never reaches logs or result files.
+
+Failure handling: each request is retried up to ``max_retries`` times on timeouts,
+connection errors, HTTP 5xx, rate limits (429, with a short capped back-off) and on answers
+that are empty or not parseable JSON. After that :meth:`LLMClient.complete_json` raises
+:class:`LLMError`, which strategies catch to fall back to their plain move.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .space import SearchSpace
+
+__all__ = [
+    "LLMClient",
+    "LLMError",
+    "LLMStats",
+    "extract_json",
+    "parse_points",
+    "points_schema",
+]
+
+
+class LLMError(RuntimeError):
+    """The LLM gave no usable answer after the allowed retries."""
+
+
+@dataclass
+class LLMStats:
+    """Counters kept separately from objective evaluations."""
+
+    calls: int = 0  # HTTP requests sent (including retries)
+    failures: int = 0  # requests that errored or returned unusable text
+    retries: int = 0  # extra attempts after a failure
+    fallbacks: int = 0  # strategy iterations that fell back (fully or partly) to plain moves
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0  # wall time spent waiting for the server
+    proposed: int = 0  # points parsed from answers
+    accepted: int = 0  # points that survived validation and de-duplication
+    rejected: int = 0  # points dropped (wrong type, missing key, duplicate)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(d["seconds"], 3)
+        d["tokens"] = self.prompt_tokens + self.completion_tokens
+        return d
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract_json(text: str) -> Any:
+    """Parse the first JSON value in ``text`` (tolerates code fences and chatter around it).
+
+    Raises :class:`ValueError` when no JSON object/array can be decoded.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty answer")
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for cand in candidates:
+        cand = cand.strip()
+        try:
+            return json.loads(cand)
+        except json.JSONDecodeError:
+            pass
+        for i, ch in enumerate(cand):
+            if ch in "{[":
+                try:
+                    value, _ = decoder.raw_decode(cand[i:])
+                    return value
+                except json.JSONDecodeError:
+                    continue
+    raise ValueError("no JSON value found in answer")
+
+
+def points_schema(space: SearchSpace, k: int) -> dict[str, Any]:
+    """JSON schema of the answer: ``{"points": [{name: value, ...}, ...]}`` (at most k)."""
+    props: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.kind == "float":
+            props[name] = {"type": "number"}
+        elif p.kind == "int":
+            props[name] = {"type": "integer"}
+        else:
+            choices = list(p.choices)
+            props[name] = {"enum": choices}
+    point = {
+        "type": "object",
+        "properties": props,
+        "required": list(space.names),
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"points": {"type": "array", "items": point, "minItems": 1, "maxItems": k}},
+        "required": ["points"],
+        "additionalProperties": False,
+    }
+
+
+def parse_points(
+    answer: Any,
+    space: SearchSpace,
+    k: int,
+    seen: Iterable[tuple] = (),
+    stats: LLMStats | None = None,
+) -> list[dict[str, Any]]:
+    """Turn a decoded answer into at most ``k`` valid, new points.
+
+    Accepted shapes: ``{"points": [...]}``, a bare list, or a single point object. A point is
+    an object ``{name: value}`` or a list of values in ``space.names`` order. Values are
+    type-checked and clipped by :meth:`SearchSpace.coerce`; invalid points and points whose
+    :meth:`SearchSpace.key` is in ``seen`` (or earlier in the answer) are dropped.
+    """
+    if isinstance(answer, str):
+        answer = extract_json(answer)
+    if isinstance(answer, Mapping):
+        if "points" in answer:
+            items = answer["points"]
+        elif all(n in answer for n in space.names):
+            items = [answer]
+        else:
+            items = next((v for v in answer.values() if isinstance(v, list)), [])
+    else:
+        items = answer
+    if not isinstance(items, list):
+        raise ValueError("answer holds no list of points")
+    seen_keys = set(seen)
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if stats is not None:
+            stats.proposed += 1
+        try:
+            if isinstance(item, Sequence) and not isinstance(item, (str, bytes)):
+                if len(item) != space.dim:
+                    raise ValueError("wrong length")
+                item = dict(zip(space.names, item, strict=True))
+            point = space.coerce(item)
+        except (TypeError, ValueError, KeyError):
+            if stats is not None:
+                stats.rejected += 1
+            continue
+        key = space.key(point)
+        if key in seen_keys:
+            if stats is not None:
+                stats.rejected += 1
+            continue
+        seen_keys.add(key)
+        out.append(point)
+        if stats is not None:
+            stats.accepted += 1
+        if len(out) >= k:
+            break
+    return out
+
+
+def _env(*names: str) -> str | None:
+    for n in names:
+        v = os.environ.get(n)
+        if v:
+            return v
+    return None
+
+
+class LLMClient:
+    """Chat-completions client that returns parsed JSON, with bounded retries.
+
+    Args:
+        base_url, model, api_key, temperature: see the module docstring for env fallbacks.
+        max_tokens: cap on generated tokens per request (keeps CPU servers fast).
+        timeout: seconds per request.
+        max_retries: extra attempts after a failed request (0 = one attempt only).
+        response_format: ``"auto"`` (try a JSON schema, then a JSON object, then plain
+            text, remembering what the server accepted), ``"json_schema"``,
+            ``"json_object"`` or ``"none"``.
+        seed: forwarded to the server (llama.cpp and OpenAI honour it) for repeatability.
+        client: an existing ``openai.OpenAI`` instance (tests).
+    """
+
+    _FORMATS = ("json_schema", "json_object", "none")
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int = 256,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        response_format: str = "auto",
+        seed: int | None = None,
+        backoff: float = 1.0,
+        client: Any = None,
+    ) -> None:
+        self.base_url = base_url or _env("HGPSO_LLM_BASE_URL", "OPENAI_BASE_URL")
+        self.model = model or _env("HGPSO_LLM_MODEL", "OPENAI_MODEL")
+        if not self.model:
+            raise ValueError("no LLM model given: pass model= or set HGPSO_LLM_MODEL")
+        if temperature is None:
+            temperature = float(_env("HGPSO_LLM_TEMPERATURE") or 0.7)
+        if not 0.0 <= temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {temperature}")
+        if max_tokens < 1 or timeout <= 0 or max_retries < 0:
+            raise ValueError("max_tokens >= 1, timeout > 0 and max_retries >= 0 are required")
+        if response_format not in ("auto", *self._FORMATS):
+            raise ValueError(f"unknown response_format {response_format!r}")
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.seed = seed
+        self.backoff = float(backoff)
+        self._formats = list(self._FORMATS) if response_format == "auto" else [response_format]
+        self.stats = LLMStats()
+        self._client = client
+        self._api_key = api_key or _env("HGPSO_LLM_API_KEY", "OPENAI_API_KEY") or "sk-no-key"
+
+    def __repr__(self) -> str:
+        return f"LLMClient({self.describe()!r})"
+
+    def describe(self) -> dict[str, Any]:
+        """Settings safe to log or store (never the key)."""
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "response_format": self._formats[0],
+        }
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import openai  # lazy: hgpso.tune works without the extra installed
+            except ImportError as e:  # pragma: no cover - depends on the environment
+                raise ImportError("LLM strategies need `pip install hgpso[llm]` (openai)") from e
+            self._client = openai.OpenAI(
+                base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0
+            )
+        return self._client
+
+    def _response_format(self, schema: dict | None) -> dict | None:
+        fmt = self._formats[0]
+        if fmt == "none" or schema is None:
+            return None
+        if fmt == "json_object":
+            # llama.cpp's server turns "schema" into a grammar; OpenAI ignores the extra key.
+            return {"type": "json_object", "schema": schema}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": schema, "strict": True},
+        }
+
+    def complete_json(self, messages: list[dict[str, str]], schema: dict | None = None) -> Any:
+        """Send one chat request and return the decoded JSON answer.
+
+        Retries (bounded) on transport errors, 5xx, 429 and unparseable answers; raises
+        :class:`LLMError` when every attempt failed.
+        """
+        import openai
+
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            kwargs: dict[str, Any] = {
+                "model": self.model,
+                "messages": messages,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+            if self.seed is not None:
+                kwargs["seed"] = int(self.seed) + attempt
+            rf = self._response_format(schema)
+            if rf is not None:
+                kwargs["response_format"] = rf
+            self.stats.calls += 1
+            t0 = time.perf_counter()
+            try:
+                resp = self.client.chat.completions.create(**kwargs)
+            except openai.BadRequestError as e:
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.failures += 1
+                last = e
+                # The server rejected the request shape: try a simpler response_format.
+                if rf is not None and len(self._formats) > 1:
+                    self._formats.pop(0)
+                    continue
+                break
+            except openai.RateLimitError as e:
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.failures += 1
+                last = e
+                time.sleep(min(self.backoff * 2**attempt, 10.0))
+                continue
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.failures += 1
+                last = e
+                continue
+            except openai.APIStatusError as e:  # 5xx and other statuses
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.failures += 1
+                last = e
+                if e.status_code is not None and e.status_code < 500:
+                    break
+                time.sleep(min(self.backoff * 2**attempt, 10.0) * 0.1)
+                continue
+            self.stats.seconds += time.perf_counter() - t0
+            usage = getattr(resp, "usage", None)
+            if usage is not None:
+                self.stats.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+                self.stats.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+            try:
+                text = resp.choices[0].message.content
+                return extract_json(text)
+            except (AttributeError, IndexError, TypeError, ValueError) as e:
+                self.stats.failures += 1
+                last = e
+                continue
+        raise LLMError(f"no usable LLM answer after {self.max_retries + 1} attempt(s): {last!r}")
