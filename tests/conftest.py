@@ -1,0 +1,24 @@
+import pytest
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A two-layer MLP small enough for exact, fast tests."""
+
+    def __init__(self, d_in: int = 6, d_hidden: int = 8, d_out: int = 3) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.fc2 = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+@pytest.fixture
+def tiny_problem():
+    torch.manual_seed(0)
+    model = TinyNet()
+    x = torch.randn(32, 6)
+    y = torch.randint(0, 3, (32,))
+    return model, x, y

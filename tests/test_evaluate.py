@@ -1,0 +1,167 @@
+"""The closure loop and the vectorized torch.func path score particles the same way."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hgpso
+from hgpso import HGPSO, PSO
+from tests.conftest import TinyNet
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.relu(self.conv(x)).flatten(1)))
+
+
+def _closure_run(model, x, y, steps, cls=HGPSO, **kw):
+    opt = cls(model.parameters(), **kw)
+    for _ in range(steps):
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return opt
+
+
+def _vector_run(model, x, y, steps, strategy, cls=HGPSO, chunk_size=None, **kw):
+    opt = cls(model.parameters(), **kw)
+    for _ in range(steps):
+        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y,
+                                          strategy=strategy, chunk_size=chunk_size))
+    return opt
+
+
+def _assert_same_swarm(a, b, model_a, model_b, atol=1e-5):
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        if not pa.requires_grad:
+            assert pa not in a.state and pb not in b.state
+            continue
+        for key in ("position", "velocity", "pbest"):
+            torch.testing.assert_close(a.state[pa][key], b.state[pb][key], atol=atol, rtol=1e-4)
+        torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(a.state["swarm"]["pbest_losses"],
+                               b.state["swarm"]["pbest_losses"], atol=atol, rtol=1e-4)
+    assert a.state["swarm"]["gbest_index"] == b.state["swarm"]["gbest_index"]
+
+
+@pytest.mark.parametrize("strategy,chunk_size", [("vmap", None), ("vmap", 2), ("loop", None)])
+@pytest.mark.parametrize("cls", [HGPSO, PSO])
+def test_paths_give_the_same_swarm(strategy, chunk_size, cls):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 5, (16,))
+    model2 = copy.deepcopy(model)
+    kw = {"num_particles": 5, "seed": 11}
+    a = _closure_run(model, x, y, 4, cls=cls, **kw)
+    b = _vector_run(model2, x, y, 4, strategy, cls=cls, chunk_size=chunk_size, **kw)
+    _assert_same_swarm(a, b, model, model2)
+
+
+def test_vectorized_with_frozen_parameter_and_groups():
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.fc1.bias.requires_grad_(False)
+    model2 = copy.deepcopy(model)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    groups = lambda m: [{"params": [m.fc1.weight, m.fc1.bias], "lr": 0.2},  # noqa: E731
+                        {"params": m.fc2.parameters()}]
+    a = HGPSO(groups(model), num_particles=3, seed=2)
+    b = HGPSO(groups(model2), num_particles=3, seed=2)
+    for _ in range(3):
+        def closure():
+            a.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        a.step(closure)
+        b.step(hgpso.vectorized_closure(model2, F.cross_entropy, x, y, strategy="vmap"))
+    _assert_same_swarm(a, b, model, model2)
+
+
+def test_dropout_is_independent_per_particle_under_vmap():
+    torch.manual_seed(0)
+    model = SmallCNN(dropout=0.5)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
+    opt = HGPSO(model.parameters(), num_particles=4, init_spread=0.0, seed=0)
+    # init_spread 0: all particles hold identical weights, so only dropout can tell them apart
+    opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy="vmap"))
+    # every particle started at the same place; distinct losses prove distinct dropout masks
+    losses = opt.state["swarm"]["pbest_losses"]
+    assert len(set(losses.tolist())) == 4
+
+
+def test_batchnorm_in_training_mode_gets_a_clear_error():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = HGPSO(model.parameters(), num_particles=2)
+    weights = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    with pytest.raises(ValueError, match="replace_all_batch_norm_modules_"):
+        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+    for p, w in zip(model.parameters(), weights):
+        assert torch.equal(p, w)
+    torch.func.replace_all_batch_norm_modules_(model)
+    opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy="vmap"))
+
+
+def test_parameter_not_in_model_is_a_clear_error():
+    model = TinyNet()
+    other = TinyNet()
+    opt = HGPSO(other.parameters(), num_particles=2)
+    with pytest.raises(ValueError, match="not a parameter of the model"):
+        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, torch.randn(4, 6),
+                                          torch.randint(0, 3, (4,))))
+
+
+def test_non_scalar_loss_fn_is_rejected():
+    model = TinyNet()
+    opt = HGPSO(model.parameters(), num_particles=2)
+    per_sample = lambda out, t: F.cross_entropy(out, t, reduction="none")  # noqa: E731
+    with pytest.raises(Exception, match="scalar"):
+        opt.step(hgpso.vectorized_closure(model, per_sample, torch.randn(4, 6),
+                                          torch.randint(0, 3, (4,)), strategy="loop"))
+
+
+def test_direct_call_returns_current_loss():
+    model = TinyNet()
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    loss = hgpso.vectorized_closure(model, F.cross_entropy, x, y)()
+    torch.testing.assert_close(loss, F.cross_entropy(model(x), y).detach())
+
+
+def test_wrapped_vectorized_closure_still_vectorizes():
+    """Frameworks wrap closures (Lightning hands step a functools.partial)."""
+    import functools
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    opt = HGPSO(model.parameters(), num_particles=4, seed=0)
+    vc = hgpso.vectorized_closure(model, F.cross_entropy, x, y)
+    calls = []
+
+    def wrapper(closure):
+        calls.append(1)
+        return closure()
+
+    opt.step(functools.partial(wrapper, vc))
+    assert len(calls) == 1  # one call scored all four particles
+
+
+@pytest.mark.parametrize("kwargs,match", [({"chunk_size": 0}, "chunk_size"),
+                                          ({"strategy": "fast"}, "strategy")])
+def test_vectorized_closure_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hgpso.vectorized_closure(TinyNet(), F.cross_entropy, torch.randn(2, 6),
+                                 torch.zeros(2, dtype=torch.long), **kwargs)
