@@ -338,6 +338,11 @@ class LLMClient:
                     break
                 time.sleep(min(self.backoff * 2**attempt, 10.0) * 0.1)
                 continue
+            except Exception as e:  # undecodable HTTP body and other client-side surprises
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.failures += 1
+                last = e
+                continue
             self.stats.seconds += time.perf_counter() - t0
             usage = getattr(resp, "usage", None)
             if usage is not None:

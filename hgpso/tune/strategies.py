@@ -65,10 +65,15 @@ class Strategy:
         if self._pending is not None:
             raise RuntimeError("ask() called twice without tell()")
         u = self.space.initial_unit(self.seed, self.population) if self.iteration == 0 else None
+        self._exact: dict[int, dict[str, Any]] = {}
         u = self._ask_unit(u)
         u = np.clip(np.asarray(u, dtype=float), 0.0, 1.0)
         self._pending = u
-        return [self.space.decode(row) for row in u]
+        # Rows set from a typed point (LLM proposals) are returned exactly, not re-decoded.
+        return [
+            dict(self._exact[i]) if i in self._exact else self.space.decode(row)
+            for i, row in enumerate(u)
+        ]
 
     def tell(self, points: Sequence[Mapping[str, Any]], values: Sequence[float]) -> None:
         """Report the scores of the batch returned by the last :meth:`ask` (same order)."""
@@ -411,6 +416,7 @@ class LLMPSO(_LLMMixin, PSO):
         for idx, point in zip(worst, got, strict=False):
             self.x[idx] = self.space.encode(point)
             self.v[idx] = 0.0
+            self._exact[int(idx)] = point
         return self.x
 
 
@@ -470,6 +476,9 @@ class LLMGA(_LLMMixin, GA):
         )
         return text
 
+    def _n_parents_offset(self) -> int:
+        return math.ceil(self.population / 2) if self.reevaluate_parents else 0
+
     def _children(self, parents, parents_val, n):
         kids = self.make_children(parents, n)
         self._llm_rows = []
@@ -481,6 +490,7 @@ class LLMGA(_LLMMixin, GA):
         for j, point in enumerate(got):
             row = n - 1 - j
             kids[row] = self.space.encode(point)
+            self._exact[self._n_parents_offset() + row] = point
             self._llm_rows.append((row, point, ref))
         return kids
 

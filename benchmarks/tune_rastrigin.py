@@ -1,0 +1,227 @@
+"""Rastrigin benchmark of the hgpso.tune strategies: objective calls to reach a target.
+
+    f(x) = 10 d + sum_i (x_i^2 - 10 cos(2 pi x_i)),  x in [-5.12, 5.12]^d,  min f(0) = 0
+
+For each dimension, strategy and seed one ``minimize`` run is made with the same initial
+population per seed; a run stops at the target or the budget. Each run is written to
+``<out>/runs/<d>d/<strategy>/seed<k>.json`` as soon as it finishes and finished runs are
+skipped, so the command is resumable. ``<out>/summary.json`` and ``<out>/convergence.png``
+are rebuilt from whatever runs exist.
+
+LLM strategies need an OpenAI-compatible server (``HGPSO_LLM_BASE_URL``/``HGPSO_LLM_MODEL``
+or ``--base-url``/``--model``), e.g. ``eval "$(bash scripts/llm_server.sh start)"``.
+
+Summary statistics: ``calls_to_target_median`` and ``calls_to_target_iqr`` (25th/75th
+percentiles) are taken over *all* seeds with unreached runs counted as +inf, so they are
+``null`` when too few runs reached the target; ``reached`` counts the runs that did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
+
+DEFAULT_TARGETS = {2: 1.0, 10: 40.0}
+PLAIN = ("random", "pso", "ga")
+LLM = ("llm_pso", "llm_ga")
+
+
+def rastrigin(point: dict) -> float:
+    x = np.fromiter(point.values(), dtype=float)
+    return float(10 * x.size + np.sum(x * x - 10 * np.cos(2 * np.pi * x)))
+
+
+def make_space(d: int) -> SearchSpace:
+    return SearchSpace({f"x{i}": Float(-5.12, 5.12) for i in range(d)})
+
+
+def run_one(args, d: int, strategy: str, seed: int) -> dict:
+    space = make_space(d)
+    kwargs = {}
+    if strategy in LLM:
+        kwargs = {
+            "llm": LLMClient(
+                base_url=args.base_url,
+                model=args.model,
+                temperature=args.temperature,
+                max_tokens=args.max_tokens if d <= 2 else args.max_tokens_hd,
+                timeout=args.timeout,
+                max_retries=args.retries,
+                seed=seed,
+            ),
+            "k": args.k,
+            "llm_every": args.llm_every,
+            "max_llm_calls": args.max_llm_calls,
+            "task": f"Minimize an unknown black-box function of {d} real variables.",
+        }
+    strat = make_strategy(strategy, space, population=args.population, seed=seed, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = minimize(
+            rastrigin, space, strat, budget=args.budget[d], target=args.target[d], seed=seed
+        )
+    out = res.as_dict()
+    out.update(
+        dims=d,
+        seed=seed,
+        target=args.target[d],
+        budget=args.budget[d],
+        population=args.population,
+        warnings=len(caught),
+    )
+    if strategy in LLM:
+        out["llm_settings"] = dict(
+            strat.llm.describe(),
+            k=args.k,
+            llm_every=args.llm_every,
+            max_llm_calls=args.max_llm_calls,
+        )
+    return out
+
+
+def _q(values: list[float], q: float) -> float | None:
+    v = float(np.percentile(np.array(values, dtype=float), q, method="linear"))
+    return None if not math.isfinite(v) else v
+
+
+def summarize(out: Path) -> dict:
+    summary: dict = {}
+    curves: dict = {}
+    for dd in sorted((out / "runs").glob("*d"), key=lambda p: int(p.name[:-1])):
+        for sd in sorted(dd.iterdir()):
+            runs = [json.loads(f.read_text()) for f in sorted(sd.glob("seed*.json"))]
+            if not runs:
+                continue
+            ctt = [r["calls_to_target"] if r["calls_to_target"] else math.inf for r in runs]
+            llm = [r.get("llm") or {} for r in runs]
+            entry = {
+                "calls_to_target_median": _q(ctt, 50),
+                "calls_to_target_iqr": [_q(ctt, 25), _q(ctt, 75)],
+                "reached": sum(math.isfinite(c) for c in ctt),
+                "seeds": len(runs),
+                "llm_calls": sum(x.get("calls", 0) for x in llm),
+                "llm_seconds": round(sum(x.get("seconds", 0.0) for x in llm), 2),
+                "llm_tokens": sum(x.get("tokens", 0) for x in llm),
+                "llm_fallbacks": sum(x.get("fallbacks", 0) for x in llm),
+                "llm_points_accepted": sum(x.get("accepted", 0) for x in llm),
+                "llm_points_rejected": sum(x.get("rejected", 0) for x in llm),
+                "target": runs[0]["target"],
+                "budget": runs[0]["budget"],
+                "best_value_median": float(np.median([r["best_value"] for r in runs])),
+                "objective_calls_total": sum(r["n_calls"] for r in runs),
+            }
+            summary.setdefault(dd.name, {})[sd.name] = entry
+            # median best-so-far curve, runs that stopped early keep their last value
+            n = max(len(r["trace"]) for r in runs)
+            mat = np.array([r["trace"] + [r["trace"][-1]] * (n - len(r["trace"])) for r in runs])
+            curves.setdefault(dd.name, {})[sd.name] = np.median(mat, axis=0)
+    for _dims, per in summary.items():
+        pso = per.get("pso", {}).get("calls_to_target_median")
+        for name, entry in per.items():
+            m = entry["calls_to_target_median"]
+            entry["reduction_vs_pso"] = (
+                round(1.0 - m / pso, 3) if (pso and m is not None and name != "pso") else None
+            )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(out, curves, summary)
+    return summary
+
+
+def plot(out: Path, curves: dict, summary: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        print("matplotlib missing: no plot", file=sys.stderr)
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
+    for ax, (dims, per) in zip(axes[0], curves.items(), strict=True):
+        for name, curve in per.items():
+            x = np.arange(1, len(curve) + 1)
+            ax.plot(x, np.maximum(curve, 1e-3), label=name)
+        tgt = next(iter(summary[dims].values()))["target"]
+        ax.axhline(tgt, color="k", ls="--", lw=0.8, label=f"target {tgt:g}")
+        ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_xlabel("objective calls")
+        ax.set_ylabel("best value (median over seeds)")
+        ax.set_title(f"Rastrigin {dims}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--strategies", nargs="+", default=[*PLAIN, *LLM])
+    p.add_argument("--population", type=int, default=10)
+    p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
+    p.add_argument("--target", type=float, nargs="*", default=None, help="one per --dims")
+    p.add_argument("--k", type=int, default=3, help="points the LLM proposes per call")
+    p.add_argument("--llm-every", type=int, default=1)
+    p.add_argument("--max-llm-calls", type=int, default=5, help="LLM rounds per run")
+    p.add_argument("--max-tokens", type=int, default=160)
+    p.add_argument("--max-tokens-hd", type=int, default=320, help="max_tokens when d > 2")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--timeout", type=float, default=90.0)
+    p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/rastrigin"))
+    p.add_argument("--summary-only", action="store_true")
+    args = p.parse_args(argv)
+    targets = args.target or [DEFAULT_TARGETS.get(d, 10.0 * d) for d in args.dims]
+    if len(targets) != len(args.dims):
+        p.error("--target needs one value per --dims entry")
+    args.target = dict(zip(args.dims, targets, strict=True))
+    args.budget = dict.fromkeys(args.dims, args.budget)
+    if not args.summary_only:
+        plain = [s for s in args.strategies if s not in LLM]
+        llm = [s for s in args.strategies if s in LLM]
+        if llm and not (args.model or os.environ.get("HGPSO_LLM_MODEL")):
+            p.error(
+                "LLM strategies need --model/--base-url or HGPSO_LLM_* (see scripts/llm_server.sh)"
+            )
+        # plain strategies first (cheap), then LLM runs seed by seed so a partial run is balanced
+        jobs = [(d, s, k) for s in plain for d in args.dims for k in range(args.seeds)]
+        jobs += [(d, s, k) for k in range(args.seeds) for d in args.dims for s in llm]
+        for d, s, k in jobs:
+            f = args.out / "runs" / f"{d}d" / s / f"seed{k}.json"
+            if f.exists():
+                continue
+            t0 = time.perf_counter()
+            res = run_one(args, d, s, k)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps(res) + "\n")
+            tmp.replace(f)
+            llm_s = res["llm"].get("seconds", 0.0) if res["llm"] else 0.0
+            print(
+                f"{d}d {s:8s} seed {k}: calls_to_target={res['calls_to_target']} "
+                f"best={res['best_value']:.3g} llm_calls={res['llm'].get('calls', 0)} "
+                f"llm_s={llm_s:.1f} wall={time.perf_counter() - t0:.1f}s",
+                flush=True,
+            )
+            if s in LLM:
+                summarize(args.out)
+    print(json.dumps(summarize(args.out), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

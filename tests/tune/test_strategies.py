@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pytest
+
+from hgpso.tune import GA, PSO, Float, Int, RandomSearch, SearchSpace, make_strategy, minimize
+
+
+def sphere(p):
+    return sum((v - 0.3) ** 2 for v in p.values())
+
+
+def space(d=3):
+    return SearchSpace({f"x{i}": Float(-1.0, 1.0) for i in range(d)})
+
+
+def run(strategy, iters=4, f=sphere):
+    asked = []
+    for _ in range(iters):
+        pts = strategy.ask()
+        asked.append(pts)
+        strategy.tell(pts, [f(p) for p in pts])
+    return asked
+
+
+@pytest.mark.parametrize("name", ["random", "pso", "ga"])
+def test_seeded_reproducibility(name):
+    a = run(make_strategy(name, space(), population=6, seed=5))
+    b = run(make_strategy(name, space(), population=6, seed=5))
+    c = run(make_strategy(name, space(), population=6, seed=6))
+    assert a == b
+    assert a != c
+
+
+def test_same_initial_points_for_every_strategy():
+    firsts = [
+        make_strategy(n, space(), population=6, seed=2).ask() for n in ("random", "pso", "ga")
+    ]
+    assert firsts[0] == firsts[1] == firsts[2]
+
+
+@pytest.mark.parametrize("name", ["random", "pso", "ga"])
+def test_bounds_respected(name):
+    s = SearchSpace({"a": Float(-5, 5), "b": Float(1e-5, 1, log=True), "n": Int(2, 7)})
+    st = make_strategy(name, s, population=8, seed=0)
+    # an objective that pushes everything to the walls
+    for pts in run(st, iters=8, f=lambda p: -abs(p["a"]) - p["n"] + math.log(p["b"])):
+        for p in pts:
+            assert -5 <= p["a"] <= 5 and 1e-5 <= p["b"] <= 1 and 2 <= p["n"] <= 7
+            assert isinstance(p["n"], int)
+
+
+def test_pso_update_matches_formula():
+    st = PSO(space(2), population=4, seed=0, inertia=0.5, cognitive=1.0, social=2.0)
+    pts = st.ask()
+    st.tell(pts, [sphere(p) for p in pts])
+    x, v, pb, gb = st.x.copy(), st.v.copy(), st.pbest.copy(), st.gbest.copy()
+    rng = np.random.default_rng(0)
+    rng.bit_generator.state = st.rng.bit_generator.state
+    r1, r2 = rng.random((4, 2)), rng.random((4, 2))
+    v_exp = np.clip(0.5 * v + r1 * (pb - x) + 2.0 * r2 * (gb - x), -0.5, 0.5)
+    x_exp = x + v_exp
+    st.ask()
+    inside = (x_exp >= 0) & (x_exp <= 1)
+    np.testing.assert_allclose(st.x[inside], x_exp[inside])
+    np.testing.assert_allclose(st.v[inside], v_exp[inside])
+    assert np.all(st.v[~inside] == 0)
+
+
+def test_pso_and_ga_beat_random_on_sphere():
+    res = {
+        n: np.median(
+            [minimize(sphere, space(4), n, budget=300, seed=s).best_value for s in range(5)]
+        )
+        for n in ("random", "pso", "ga")
+    }
+    assert res["pso"] < res["random"] and res["ga"] < res["random"]
+
+
+def test_ga_operators_as_in_paper_003():
+    st = GA(space(4), population=10, seed=1, mutation_rate=0.2)
+    pts = st.ask()
+    vals = [sphere(p) for p in pts]
+    st.tell(pts, vals)
+    parents, pvals = st.select()
+    assert len(parents) == 5
+    assert np.allclose(np.sort(vals)[:5], pvals)  # top half, best first
+    # uniform crossover: every gene comes from one of the two parents
+    a, b = np.zeros(4000), np.ones(4000)
+    child = st.crossover(a, b)
+    assert set(np.unique(child)) <= {0.0, 1.0} and abs(child.mean() - 0.5) < 0.05
+    # mutation: each gene resampled with probability 0.2
+    c = np.full(20000, 2.0)
+    m = st.mutate(c)
+    changed = m != 2.0
+    assert abs(changed.mean() - 0.2) < 0.02
+    assert np.all((m[changed] >= 0) & (m[changed] <= 1))
+    # next generation: asks only the 5 children; parents keep their scores
+    kids = st.ask()
+    assert len(kids) == 5
+    st.tell(kids, [sphere(p) for p in kids])
+    assert len(st.pop) == 10 and np.allclose(
+        np.sort(st.pop_val)[:1], min(vals + [sphere(p) for p in kids])
+    )
+
+
+def test_ga_without_mutation_children_are_parent_mixes():
+    st = GA(space(3), population=6, seed=0, mutation_rate=0.0)
+    pts = st.ask()
+    st.tell(pts, [sphere(p) for p in pts])
+    parents, _ = st.select()
+    for kid in st.ask():
+        u = st.space.encode(kid)
+        for j in range(3):
+            assert np.any(np.isclose(parents[:, j], u[j]))
+
+
+def test_ga_reevaluate_parents():
+    st = GA(space(2), population=6, seed=0, reevaluate_parents=True)
+    pts = st.ask()
+    st.tell(pts, [sphere(p) for p in pts])
+    assert len(st.ask()) == 6
+
+
+def test_minimize_counts_and_stops():
+    r = minimize(sphere, space(2), "pso", budget=37, seed=0, population=5)
+    assert r.n_calls == 37 and len(r.trace) == 37 and r.stopped == "budget"
+    assert r.calls_to_target is None and r.llm == {}
+    assert all(a >= b for a, b in zip(r.trace, r.trace[1:], strict=False))
+    r2 = minimize(sphere, space(2), "pso", budget=1000, target=0.05, seed=0, population=5)
+    assert r2.stopped == "target" and r2.calls_to_target == r2.n_calls and r2.best_value <= 0.05
+    assert r2.trace[-1] == r2.best_value
+
+
+def test_ask_tell_misuse_and_bad_values():
+    st = RandomSearch(space(2), population=3, seed=0)
+    with pytest.raises(RuntimeError):
+        st.tell([], [])
+    pts = st.ask()
+    with pytest.raises(RuntimeError):
+        st.ask()
+    with pytest.raises(ValueError):
+        st.tell(pts, [1.0])
+    st.tell(pts, [float("nan"), None, 2.0])
+    assert st.best_value == 2.0
+    with pytest.raises(ValueError):
+        make_strategy("nope", space())
+    with pytest.raises(ValueError):
+        PSO(space(), population=1)
