@@ -20,6 +20,7 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ class Strategy:
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.iteration = 0  # number of completed ask/tell rounds
+        self._exact: dict[int, dict[str, Any]] = {}
         self.best_point: dict[str, Any] | None = None
         self.best_value = math.inf
         self._pending: np.ndarray | None = None  # unit coords of the last ask
@@ -65,7 +67,7 @@ class Strategy:
         if self._pending is not None:
             raise RuntimeError("ask() called twice without tell()")
         u = self.space.initial_unit(self.seed, self.population) if self.iteration == 0 else None
-        self._exact: dict[int, dict[str, Any]] = {}
+        self._exact = {}
         u = self._ask_unit(u)
         u = np.clip(np.asarray(u, dtype=float), 0.0, 1.0)
         self._pending = u
@@ -98,12 +100,70 @@ class Strategy:
     def llm_stats(self) -> LLMStats | None:
         return None
 
+    # -- persistence ----------------------------------------------------------------------
+    _NOT_STATE = frozenset({"space", "llm", "rng"})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole search state as plain JSON-able data (no pickles, no LLM client).
+
+        Arrays become ``{"__nd__": nested lists}``, sets/tuples lists; the random generator
+        state and the LLM counters are included, so ``load_state_dict`` on a fresh strategy
+        built with the same arguments continues the very same search.
+        """
+        state = {k: _to_plain(v) for k, v in vars(self).items() if k not in self._NOT_STATE}
+        state["__rng__"] = _to_plain(self.rng.bit_generator.state)
+        state["__name__"] = self.name
+        state["_tried"] = [list(t) for t in self._tried]
+        if self.llm_stats is not None:
+            state["__llm_stats__"] = asdict(self.llm_stats)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("__name__") != self.name:
+            raise ValueError(
+                f"state of {state.get('__name__')!r} given to a {self.name!r} strategy"
+            )
+        for k, v in state.items():
+            if k.startswith("__"):
+                continue
+            setattr(self, k, _from_plain(v))
+        self._tried = {tuple(t) for t in state.get("_tried", [])}
+        self.history = [(dict(p), float(v)) for p, v in self.history]
+        if isinstance(self._exact, dict):
+            self._exact = {int(k): v for k, v in self._exact.items()}
+        self.rng.bit_generator.state = _from_plain(state["__rng__"])
+        if "__llm_stats__" in state and self.llm_stats is not None:
+            for k, v in state["__llm_stats__"].items():
+                setattr(self.llm_stats, k, v)
+
     # -- hooks for subclasses -------------------------------------------------------------
     def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
     def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         pass
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return {"__nd__": v.tolist(), "dtype": str(v.dtype)}
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _to_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+def _from_plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        if "__nd__" in v:
+            return np.array(v["__nd__"], dtype=v.get("dtype", "float64"))
+        return {k: _from_plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_from_plain(x) for x in v]
+    return v
 
 
 def _finite(v: Any) -> float:

@@ -147,3 +147,18 @@ def test_ask_tell_misuse_and_bad_values():
         make_strategy("nope", space())
     with pytest.raises(ValueError):
         PSO(space(), population=1)
+
+
+@pytest.mark.parametrize("name", ["random", "pso", "ga"])
+def test_state_dict_roundtrip_through_json_continues_the_search(name):
+    import json
+
+    a = make_strategy(name, space(), population=6, seed=9)
+    run(a, iters=3)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = make_strategy(name, space(), population=6, seed=123)  # seed overwritten by the state
+    b.load_state_dict(state)
+    assert run(a, iters=3) == run(b, iters=3)
+    assert a.best_value == b.best_value and a.iteration == b.iteration == 6
+    with pytest.raises(ValueError):
+        make_strategy("random" if name != "random" else "pso", space()).load_state_dict(state)
