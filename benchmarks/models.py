@@ -1,0 +1,115 @@
+"""Models of the training benchmark, one per dataset (the paper does not give sizes; ours are
+documented in docs/benchmarks.md).
+
+* :class:`FashionCNN` - two 3x3 conv layers (16 and 32 channels, ReLU, 2x2 max-pool each), a
+  128-unit hidden layer and a 10-way output: 206,922 parameters on 1x28x28 inputs.
+* :class:`SVHNCNN` - three conv blocks (32, 64, 128 channels, ReLU, max-pool), 256-unit hidden
+  layer, 10-way output, on 3x32x32 inputs.
+* :func:`resnet18_64` - torchvision's ResNet-18 adapted to 64x64 inputs: a 3x3 stride-1 stem
+  without the initial max-pool, 200 classes. ``norm="group"`` (default) swaps every BatchNorm for
+  GroupNorm(32) so that the model is a pure function of its parameters, which the vectorized
+  HGPSO path (``torch.func.vmap`` over particles) needs; ``norm="batch"`` keeps BatchNorm.
+* :class:`DigitsCNN` - a tiny conv net for sklearn's 8x8 digits (smoke runs and tests).
+
+None of the models uses dropout or BatchNorm by default, so a forward pass is deterministic
+and every particle of a swarm is scored on exactly the same function of its parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FashionCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * 7 * 7, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SVHNCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for width in (32, 64, 128):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * 4 * 4, 256),
+            nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, 32),
+            nn.ReLU(),
+            nn.Linear(32, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def resnet18_64(num_classes: int = 200, norm: str = "group") -> nn.Module:
+    """ResNet-18 for 64x64 images (3x3 stride-1 stem, no stem max-pool)."""
+    from torchvision.models import resnet18
+
+    if norm == "group":
+
+        def norm_layer(channels: int) -> nn.Module:
+            return nn.GroupNorm(min(32, channels), channels)
+    elif norm == "batch":
+        norm_layer = nn.BatchNorm2d
+    else:
+        raise ValueError(f"norm must be 'group' or 'batch', not {norm!r}")
+    model = resnet18(num_classes=num_classes, norm_layer=norm_layer)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(dataset: str, num_classes: int, in_channels: int, norm: str = "group") -> nn.Module:
+    """The benchmark's model for ``dataset`` (construct under a fixed seed for equal inits)."""
+    if dataset == "fashion-mnist":
+        return FashionCNN(num_classes, in_channels)
+    if dataset == "svhn":
+        return SVHNCNN(num_classes, in_channels)
+    if dataset == "tiny-imagenet":
+        return resnet18_64(num_classes, norm=norm)
+    if dataset == "digits":
+        return DigitsCNN(num_classes, in_channels)
+    raise ValueError(f"no model for dataset {dataset!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

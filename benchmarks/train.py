@@ -1,0 +1,456 @@
+"""Training benchmark: SGD, Adam, PSO and HG-PSO on Fashion-MNIST, SVHN, Tiny ImageNet, digits.
+
+Usage (see docs/benchmarks.md)::
+
+    hgpso-train --dataset fashion-mnist --optimizers sgd adam pso hgpso --seeds 0 1 2 \
+        --epochs 2 --out runs/fashion-mnist
+
+Every (optimizer, seed) run trains a fresh model built under ``torch.manual_seed(seed)`` (the
+same initial weights for every optimizer) on batches drawn in a seed-determined order (the same
+for every optimizer), through a Lightning ``Trainer``. Each finished run is written to
+``OUT/runs/<optimizer>-seed<seed>.json`` at once and the aggregate files (summary.json,
+runs.csv, report.md, figures/) are refreshed; rerunning the same command skips runs whose JSON
+exists with the same configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from benchmarks.datasets import DATA_MODULES, DATASETS, DatasetError
+from benchmarks.lit import DEFAULT_HPARAMS
+from benchmarks.metrics import OPTIMIZERS
+
+# loss thresholds of Table 1 (trailing-mean training loss), per dataset
+DEFAULT_THRESHOLD = {"fashion-mnist": 0.4, "svhn": 0.5, "tiny-imagenet": 3.0, "digits": 0.3}
+MODEL_NAMES = {
+    "fashion-mnist": "FashionCNN (2 conv + 2 FC)",
+    "svhn": "SVHNCNN (3 conv + 2 FC)",
+    "tiny-imagenet": "ResNet-18 for 64x64",
+    "digits": "DigitsCNN (1 conv + 2 FC)",
+}
+
+
+def _none_or_float(s: str) -> float | None:
+    return None if s.lower() in ("none", "null", "") else float(s)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+_HP_TYPES = {
+    "lr": float,
+    "momentum": float,
+    "num_particles": int,
+    "inertia": float,
+    "cognitive": float,
+    "social": float,
+    "max_velocity": _none_or_float,
+    "init_spread": float,
+    "adaptive": _bool,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hgpso-train",
+        description="Train the same model with SGD, Adam, PSO and HG-PSO and compare them "
+        "(steps to a loss threshold, test accuracy, final loss, compute, memory).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument(
+        "--epochs",
+        type=float,
+        default=2,
+        help="epochs per run (fractions allowed: 0.5 = half an epoch)",
+    )
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="directory holding the data set files (see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never try torchvision's download (Fashion-MNIST/SVHN)",
+    )
+    p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="training-loss threshold for steps-to-threshold (default per dataset: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLD.items())
+        + ")",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="trailing window (steps) of the loss mean compared with the threshold "
+        "(default: 1/20 of an epoch, at least 1)",
+    )
+    p.add_argument(
+        "--evals-per-epoch",
+        type=float,
+        default=4,
+        help="evaluations of the accuracy per epoch (the accuracy-vs-compute curve)",
+    )
+    p.add_argument(
+        "--final-loss-examples",
+        type=int,
+        default=10000,
+        help="the final training loss is measured on this many training examples "
+        "(a fixed subset; 0 = the whole training split)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="evaluate on this fraction held out of the training set instead of the "
+        "test set (for tuning)",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="use only this many training examples (quick runs)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=("group", "batch"),
+        default="group",
+        help="normalisation layers of the Tiny ImageNet ResNet-18",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="particles per vmap chunk of the vectorized swarm closure",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--notes", default=None, help="text appended to report.md")
+    for opt, hps in DEFAULT_HPARAMS.items():
+        g = p.add_argument_group(f"{opt} hyperparameters")
+        for key, default in hps.items():
+            g.add_argument(
+                f"--{opt}-{key.replace('_', '-')}",
+                dest=f"{opt}__{key}",
+                type=_HP_TYPES[key],
+                default=default,
+                metavar=key.upper(),
+            )
+    return p
+
+
+def hparams_from_args(args: argparse.Namespace, optimizer: str) -> dict[str, Any]:
+    return {k: getattr(args, f"{optimizer}__{k}") for k in DEFAULT_HPARAMS[optimizer]}
+
+
+def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str, Any]:
+    """Everything that determines a run's result (a finished run with another config reruns)."""
+    return {
+        "dataset": args.dataset,
+        "optimizer": optimizer,
+        "seed": seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "holdout": args.holdout,
+        "train_subset": args.train_subset,
+        "threshold": args.threshold,
+        "window": args.window,
+        "evals_per_epoch": args.evals_per_epoch,
+        "final_loss_examples": args.final_loss_examples,
+        "norm": args.norm if args.dataset == "tiny-imagenet" else None,
+        "device": args.device,
+        "hparams": hparams_from_args(args, optimizer),
+    }
+
+
+def _hardware(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} logical CPUs visible, torch threads {torch.get_num_threads()}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return text + f"; device {device}"
+
+
+def _software() -> str:
+    import lightning
+    import torch
+
+    import hgpso
+
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, lightning "
+        f"{lightning.__version__}, hgpso {hgpso.__version__}"
+    )
+
+
+def train_one(
+    args: argparse.Namespace, dm, optimizer: str, seed: int, config: dict[str, Any]
+) -> dict[str, Any]:
+    """One run through a Lightning Trainer; returns the run record."""
+    import lightning.pytorch as pl
+    import torch
+
+    from benchmarks.lit import BenchModule
+    from benchmarks.metrics import PeakMemory, Stopwatch, steps_to_threshold
+    from benchmarks.models import build_model, count_parameters
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.manual_seed(seed)
+    model = build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
+    hparams = config["hparams"]
+    dm.seed = seed
+    steps_per_epoch = dm.steps_per_epoch
+    module = BenchModule(
+        model,
+        optimizer,
+        hparams,
+        seed=seed,
+        chunk_size=args.chunk_size,
+        steps_per_epoch=steps_per_epoch,
+    )
+    max_steps = max(1, round(args.epochs * steps_per_epoch))
+    max_epochs = -(-max_steps // steps_per_epoch)
+    evals = max(1, round(args.evals_per_epoch))
+    val_interval = max(1, steps_per_epoch // evals)
+
+    accelerator, devices = "cpu", 1
+    if args.device.startswith("cuda"):
+        accelerator = "gpu"
+        devices = [int(args.device.split(":")[1])] if ":" in args.device else 1
+    elif args.device == "mps":
+        accelerator = "mps"
+
+    eval_clock = Stopwatch()
+
+    class _EvalClock(pl.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            eval_clock.start()
+
+        def on_validation_end(self, trainer, pl_module):
+            eval_clock.stop()
+
+    class _StopAt(pl.Callback):  # fractional epochs; global_step is not used (manual opt.)
+        def on_train_batch_end(self, trainer, pl_module, *a):
+            if pl_module.steps >= max_steps:
+                trainer.should_stop = True
+
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        max_epochs=max_epochs,
+        limit_train_batches=min(max_steps, steps_per_epoch),
+        val_check_interval=min(val_interval, max_steps),
+        check_val_every_n_epoch=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=not args.no_progress,
+        callbacks=[_EvalClock(), _StopAt()],
+        deterministic=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*val_check_interval.*")
+        with PeakMemory(args.device) as mem:
+            t0 = time.perf_counter()
+            trainer.fit(module, datamodule=dm)
+            fit_seconds = time.perf_counter() - t0
+            if not module.curve or module.curve[-1]["step"] != module.steps:
+                trainer.validate(module, datamodule=dm, verbose=False)
+            final_loss, final_train_acc = module.dataset_loss(
+                dm.train_eval_dataloader(args.final_loss_examples)
+            )
+            total_seconds = time.perf_counter() - t0
+
+    window = args.window or max(1, steps_per_epoch // 20)
+    threshold = args.threshold
+    stt = steps_to_threshold(module.losses, threshold, window)
+    fb = module.forward_passes + module.backward_passes
+    return {
+        "key": f"{optimizer}-seed{seed}",
+        "dataset": args.dataset,
+        "optimizer": optimizer,
+        "seed": seed,
+        "config": config,
+        "hparams": hparams,
+        "eval_split": "holdout" if args.holdout else "test",
+        "test_accuracy": module.curve[-1]["eval_accuracy"],
+        "test_loss": module.curve[-1]["eval_loss"],
+        "final_train_loss": final_loss,
+        "final_train_accuracy": final_train_acc,
+        "threshold": threshold,
+        "window": window,
+        "steps_to_threshold": stt,
+        "passes_to_threshold": None if stt is None else stt * (fb // max(1, module.steps)),
+        "steps": module.steps,
+        "steps_per_epoch": steps_per_epoch,
+        "forward_passes": module.forward_passes,
+        "backward_passes": module.backward_passes,
+        "forward_backward_passes": fb,
+        "eval_forward_passes": module.eval_forward_passes,
+        "wall_seconds": fit_seconds - eval_clock.total,
+        "step_seconds": module.train_clock.total,
+        "total_seconds": total_seconds,
+        "memory": mem.as_dict(),
+        "stalled_at": module.stalled_at,
+        "num_parameters": count_parameters(model),
+        "losses": module.losses,
+        "curve": module.curve,
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("config") == config else None
+
+
+def _quiet_lightning() -> None:
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_lightning()
+    if args.threshold is None:
+        args.threshold = DEFAULT_THRESHOLD[args.dataset]
+    out = Path(args.out or Path("runs") / args.dataset)
+    runs_dir = out / "runs"
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device} requested but CUDA is not available", file=sys.stderr)
+        return 2
+
+    dm = DATA_MODULES[args.dataset](
+        data_root=args.data_root,
+        batch_size=args.batch_size,
+        holdout=args.holdout,
+        train_subset=args.train_subset,
+        download=not args.no_download,
+    )
+    try:
+        dm.setup()
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.window is None:
+        args.window = max(1, dm.steps_per_epoch // 20)
+
+    from benchmarks.models import build_model, count_parameters
+    from benchmarks.report import write_outputs
+
+    meta = {
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "command": "hgpso-train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "hardware": _hardware(args.device),
+        "software": _software(),
+        "model": MODEL_NAMES[args.dataset],
+        "num_parameters": count_parameters(
+            build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
+        ),
+        "train_size": len(dm.train_set),
+        "eval_size": len(dm.eval_set),
+        "batch_size": args.batch_size,
+        "threshold": args.threshold,
+        "window": args.window,
+        "eval_split": "holdout" if args.holdout else "test",
+        "notes": args.notes,
+    }
+    jobs = [(o, s) for s in args.seeds for o in args.optimizers]
+    runs: list[dict[str, Any]] = []
+    todo = []
+    for o, s in jobs:
+        config = run_config(args, o, s)
+        path = runs_dir / f"{o}-seed{s}.json"
+        done = None if args.force else _load_finished(path, config)
+        if done is not None:
+            print(f"skip {o} seed {s}: finished run found in {path}")
+            runs.append(done)
+        else:
+            todo.append((o, s, config, path))
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+
+        def tqdm(x, **_):
+            return x
+
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(todo, desc="runs", unit="run", disable=args.no_progress or not todo)
+    for o, s, config, path in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{o} seed {s}")
+        record = train_one(args, dm, o, s, config)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+        runs.append(record)
+        print(
+            f"done {o} seed {s}: accuracy {record['test_accuracy']:.4f}, final loss "
+            f"{record['final_train_loss']:.4f}, steps to threshold "
+            f"{record['steps_to_threshold']}, {record['wall_seconds']:.1f} s",
+            flush=True,
+        )
+        write_outputs(runs, meta, out, figures=not args.no_figures)
+    if not todo and runs:
+        write_outputs(runs, meta, out, figures=not args.no_figures)
+    print(f"results in {out}/ (summary.json, runs.csv, report.md, figures/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
