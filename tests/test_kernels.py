@@ -95,8 +95,18 @@ def test_unavailable_kernel_raises_the_stored_error(monkeypatch):
     x = torch.zeros(2, 3)
     with pytest.raises(RuntimeError, match="stored build error") as info:
         kernels.fused_hgpso_update_(
-            [x], [x.clone()], [x.clone()], [x[0].clone()], None, seed=0, offset=0, lr=0.1,
-            inertia=0.9, cognitive=0.5, social=0.5, max_velocity=None,
+            [x],
+            [x.clone()],
+            [x.clone()],
+            [x[0].clone()],
+            None,
+            seed=0,
+            offset=0,
+            lr=0.1,
+            inertia=0.9,
+            cognitive=0.5,
+            social=0.5,
+            max_velocity=None,
         )
     assert info.value.__cause__ is stored
     with pytest.raises(RuntimeError, match="fused=True") as info:
@@ -144,8 +154,7 @@ def test_wrapper_rejects_cpu_tensors_and_bad_lists(monkeypatch):
     monkeypatch.setattr(kernels, "_DETECTED", True)
     monkeypatch.setattr(kernels, "_LOAD_ERROR", None)  # pretend it is available
     x = torch.zeros(2, 3)
-    kw = dict(seed=0, offset=0, lr=0.1, inertia=0.9, cognitive=0.5, social=0.5,
-              max_velocity=None)
+    kw = dict(seed=0, offset=0, lr=0.1, inertia=0.9, cognitive=0.5, social=0.5, max_velocity=None)
     with pytest.raises(RuntimeError, match="CUDA tensors only"):
         kernels.fused_hgpso_update_([x], [x.clone()], [x.clone()], [x[0]], None, **kw)
     with pytest.raises(ValueError, match="both r1 and r2"):

@@ -78,9 +78,19 @@ def _swarm(shapes, dtype=torch.float32, seed=0):
 
 def _call(s, *, seed=0, offset=0, given=True, grads=True, max_velocity=None, **kw):
     op()(
-        s["positions"], s["velocities"], s["pbests"], s["gbests"],
-        s["grads"] if grads else [], s["r1"] if given else [], s["r2"] if given else [],
-        seed, offset, kw.get("lr", KW["lr"]), KW["inertia"], KW["cognitive"], KW["social"],
+        s["positions"],
+        s["velocities"],
+        s["pbests"],
+        s["gbests"],
+        s["grads"] if grads else [],
+        s["r1"] if given else [],
+        s["r2"] if given else [],
+        seed,
+        offset,
+        kw.get("lr", KW["lr"]),
+        KW["inertia"],
+        KW["cognitive"],
+        KW["social"],
         max_velocity,
     )
 
@@ -99,8 +109,15 @@ def test_cpu_twin_matches_reference_with_given_randoms(library, shapes, max_velo
     s = _swarm(shapes)
     ref = _clone(s)
     Fn.hgpso_update_(
-        ref["positions"], ref["velocities"], ref["pbests"], ref["gbests"],
-        ref["grads"] if grads else None, ref["r1"], ref["r2"], max_velocity=max_velocity, **KW,
+        ref["positions"],
+        ref["velocities"],
+        ref["pbests"],
+        ref["gbests"],
+        ref["grads"] if grads else None,
+        ref["r1"],
+        ref["r2"],
+        max_velocity=max_velocity,
+        **KW,
     )
     _call(s, grads=grads, max_velocity=max_velocity)
     for key in ("positions", "velocities"):
@@ -112,8 +129,17 @@ def test_cpu_twin_matches_reference_with_given_randoms(library, shapes, max_velo
 def test_cpu_twin_low_precision_is_float32_math_rounded_once(library, dtype):
     s = _swarm([(4, 33), (3, 8)], dtype=dtype)
     ref = {k: [t.float() for t in v] for k, v in _clone(s).items()}
-    Fn.hgpso_update_(ref["positions"], ref["velocities"], ref["pbests"], ref["gbests"],
-                     ref["grads"], ref["r1"], ref["r2"], max_velocity=None, **KW)
+    Fn.hgpso_update_(
+        ref["positions"],
+        ref["velocities"],
+        ref["pbests"],
+        ref["gbests"],
+        ref["grads"],
+        ref["r1"],
+        ref["r2"],
+        max_velocity=None,
+        **KW,
+    )
     _call(s)
     for key in ("positions", "velocities"):
         for got, want in zip(s[key], ref[key], strict=True):
@@ -158,8 +184,7 @@ def test_cpu_twin_randoms_statistics_and_determinism(library):
         assert abs(float(r.mean()) - 0.5) < 0.005
         assert abs(float(r.var()) - 1 / 12) < 0.002
     tol = 0.01  # |corr| of independent samples is ~ 1/sqrt(n) = 0.002
-    for x, y in ((a[:, 0], a[:, 1]), (a[:-1, 0], a[1:, 0]), (a[:, 0], b[:, 0]),
-                 (a[:, 0], c[:, 0])):
+    for x, y in ((a[:, 0], a[:, 1]), (a[:-1, 0], a[1:, 0]), (a[:, 0], b[:, 0]), (a[:, 0], c[:, 0])):
         assert abs(float(torch.corrcoef(torch.stack([x, y]))[0, 1])) < tol
 
 
@@ -167,12 +192,40 @@ def test_fake_impl_traces(library):
     """Meta tensors run the registered fake; torch.compile traces the op (aot_eager: no
     code generation) and opcheck validates schema, fake and functionalization."""
     xs = [torch.empty(4, 3, device="meta")]
-    op()(xs, [torch.empty(4, 3, device="meta")], [torch.empty(4, 3, device="meta")],
-         [torch.empty(3, device="meta")], [], [], [], 0, 0, 0.1, 0.9, 0.5, 0.5, None)
+    op()(
+        xs,
+        [torch.empty(4, 3, device="meta")],
+        [torch.empty(4, 3, device="meta")],
+        [torch.empty(3, device="meta")],
+        [],
+        [],
+        [],
+        0,
+        0,
+        0.1,
+        0.9,
+        0.5,
+        0.5,
+        None,
+    )
 
     s = _swarm([(3, 5), (2, 4)])
-    args = (s["positions"], s["velocities"], s["pbests"], s["gbests"], s["grads"], [], [],
-            7, 1, 0.1, 0.9, 0.5, 0.5, 0.2)
+    args = (
+        s["positions"],
+        s["velocities"],
+        s["pbests"],
+        s["gbests"],
+        s["grads"],
+        [],
+        [],
+        7,
+        1,
+        0.1,
+        0.9,
+        0.5,
+        0.5,
+        0.2,
+    )
     torch.library.opcheck(op().default, args, test_utils=("test_schema", "test_faketensor"))
 
     def step(xs, vs, ps, gs, grs):
@@ -180,10 +233,12 @@ def test_fake_impl_traces(library):
         return xs[0].sum()
 
     eager, compiled = _clone(s), _clone(s)
-    step(eager["positions"], eager["velocities"], eager["pbests"], eager["gbests"],
-         eager["grads"])
+    step(eager["positions"], eager["velocities"], eager["pbests"], eager["gbests"], eager["grads"])
     torch.compile(step, backend="aot_eager", fullgraph=True)(
-        compiled["positions"], compiled["velocities"], compiled["pbests"], compiled["gbests"],
+        compiled["positions"],
+        compiled["velocities"],
+        compiled["pbests"],
+        compiled["gbests"],
         compiled["grads"],
     )
     for key in ("positions", "velocities"):
@@ -194,17 +249,73 @@ def test_fake_impl_traces(library):
 def test_op_argument_checks(library):
     s = _swarm([(3, 4)])
     with pytest.raises(RuntimeError, match="gbests"):
-        op()(s["positions"], s["velocities"], s["pbests"], [torch.zeros(5)], [], [], [],
-             0, 0, 0.1, 0.9, 0.5, 0.5, None)
+        op()(
+            s["positions"],
+            s["velocities"],
+            s["pbests"],
+            [torch.zeros(5)],
+            [],
+            [],
+            [],
+            0,
+            0,
+            0.1,
+            0.9,
+            0.5,
+            0.5,
+            None,
+        )
     with pytest.raises(RuntimeError, match="contiguous"):
-        op()([torch.zeros(4, 3).t()], s["velocities"], s["pbests"], s["gbests"], [], [], [],
-             0, 0, 0.1, 0.9, 0.5, 0.5, None)
+        op()(
+            [torch.zeros(4, 3).t()],
+            s["velocities"],
+            s["pbests"],
+            s["gbests"],
+            [],
+            [],
+            [],
+            0,
+            0,
+            0.1,
+            0.9,
+            0.5,
+            0.5,
+            None,
+        )
     with pytest.raises(RuntimeError, match="r1 and r2"):
-        op()(s["positions"], s["velocities"], s["pbests"], s["gbests"], [], s["r1"], [],
-             0, 0, 0.1, 0.9, 0.5, 0.5, None)
+        op()(
+            s["positions"],
+            s["velocities"],
+            s["pbests"],
+            s["gbests"],
+            [],
+            s["r1"],
+            [],
+            0,
+            0,
+            0.1,
+            0.9,
+            0.5,
+            0.5,
+            None,
+        )
     with pytest.raises(RuntimeError, match="dtype"):
-        op()([torch.zeros(3, 4, dtype=torch.float64)], s["velocities"], s["pbests"],
-             s["gbests"], [], [], [], 0, 0, 0.1, 0.9, 0.5, 0.5, None)
+        op()(
+            [torch.zeros(3, 4, dtype=torch.float64)],
+            s["velocities"],
+            s["pbests"],
+            s["gbests"],
+            [],
+            [],
+            [],
+            0,
+            0,
+            0.1,
+            0.9,
+            0.5,
+            0.5,
+            None,
+        )
 
 
 @pytest.fixture
@@ -218,8 +329,7 @@ def cpu_twin_as_kernel(library, monkeypatch):
     return kernels
 
 
-def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_kernel,
-                                                                   tiny_problem):
+def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_kernel, tiny_problem):
     """HGPSO(fused=True) -> kernels.fused_hgpso_update_ -> the op, keyed by the saved
     kernel_seed and step: a run resumed from a state_dict continues exactly."""
     kernels = cpu_twin_as_kernel
@@ -242,8 +352,10 @@ def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_ke
         for _ in range(steps):
             opt.step(closure)
 
-    groups = lambda m: [{"params": m.fc1.parameters()},  # noqa: E731
-                        {"params": m.fc2.parameters(), "lr": 0.02}]
+    groups = lambda m: [
+        {"params": m.fc1.parameters()},  # noqa: E731
+        {"params": m.fc2.parameters(), "lr": 0.02},
+    ]
     kwargs = {"num_particles": 4, "seed": 3, "fused": True}
     opt = HGPSO(groups(model), **kwargs)
     with pytest.MonkeyPatch.context() as mp:

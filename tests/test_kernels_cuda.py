@@ -29,8 +29,10 @@ from tests.test_kernels import predicted_randoms
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is False)",
+    ),
 ]
 
 DEV = "cuda"
@@ -51,13 +53,13 @@ def _poisoned_views(shape, dtype, misalign, gen):
         n *= d
     lead = 8 + misalign
     buf = torch.full((lead + n + 8,), float("nan"), device=DEV, dtype=dtype)
-    view = buf[lead:lead + n].view(shape)
+    view = buf[lead : lead + n].view(shape)
     view.copy_(torch.randn(shape, generator=gen).to(dtype))
     return buf, view, lead, n
 
 
 def _guards_intact(buf, lead, n):
-    return bool(buf[:lead].isnan().all()) and bool(buf[lead + n:].isnan().all())
+    return bool(buf[:lead].isnan().all()) and bool(buf[lead + n :].isnan().all())
 
 
 def _make(shapes, dtype=torch.float32, misalign=0, seed=0):
@@ -78,21 +80,40 @@ def _make(shapes, dtype=torch.float32, misalign=0, seed=0):
 
 
 def _reference(s, *, grads=True, max_velocity=None, upcast=False):
-    ref = {k: [t.detach().clone().float() if upcast else t.detach().clone() for t in v]
-           for k, v in s.items()}
-    Fn.hgpso_update_(ref["positions"], ref["velocities"], ref["pbests"], ref["gbests"],
-                     ref["grads"] if grads else None, ref["r1"], ref["r2"],
-                     max_velocity=max_velocity, **KW)
+    ref = {
+        k: [t.detach().clone().float() if upcast else t.detach().clone() for t in v]
+        for k, v in s.items()
+    }
+    Fn.hgpso_update_(
+        ref["positions"],
+        ref["velocities"],
+        ref["pbests"],
+        ref["gbests"],
+        ref["grads"] if grads else None,
+        ref["r1"],
+        ref["r2"],
+        max_velocity=max_velocity,
+        **KW,
+    )
     return ref
 
 
 def _fused(s, *, grads=True, given=True, max_velocity=None, seed=0, offset=0, **kw):
     kernels.fused_hgpso_update_(
-        s["positions"], s["velocities"], s["pbests"], s["gbests"],
-        s["grads"] if grads else None, seed=seed, offset=offset,
-        lr=kw.get("lr", KW["lr"]), inertia=KW["inertia"], cognitive=KW["cognitive"],
-        social=KW["social"], max_velocity=max_velocity,
-        r1=s["r1"] if given else None, r2=s["r2"] if given else None,
+        s["positions"],
+        s["velocities"],
+        s["pbests"],
+        s["gbests"],
+        s["grads"] if grads else None,
+        seed=seed,
+        offset=offset,
+        lr=kw.get("lr", KW["lr"]),
+        inertia=KW["inertia"],
+        cognitive=KW["cognitive"],
+        social=KW["social"],
+        max_velocity=max_velocity,
+        r1=s["r1"] if given else None,
+        r2=s["r2"] if given else None,
     )
 
 
@@ -104,7 +125,7 @@ AWKWARD = [
     [(7, 4099)],
     [(4, 64, 33)],
     [(2, 8), (3, 0, 2), (1, 12)],
-    [(3, 2 ** 16 + 5)],
+    [(3, 2**16 + 5)],
 ]
 
 
@@ -141,10 +162,15 @@ def test_non_contiguous_inputs_are_written_back():
     def strided():  # (n, p) view of a (p, n) buffer
         return torch.randn(p, n, generator=gen).to(DEV).t()
 
-    s = {"positions": [strided()], "velocities": [strided()], "pbests": [strided()],
-         "gbests": [torch.randn(2 * p, generator=gen).to(DEV)[::2]], "grads": [strided()],
-         "r1": [torch.rand(p, n, generator=gen).to(DEV).t()],
-         "r2": [torch.rand(p, n, generator=gen).to(DEV).t()]}
+    s = {
+        "positions": [strided()],
+        "velocities": [strided()],
+        "pbests": [strided()],
+        "gbests": [torch.randn(2 * p, generator=gen).to(DEV)[::2]],
+        "grads": [strided()],
+        "r1": [torch.rand(p, n, generator=gen).to(DEV).t()],
+        "r2": [torch.rand(p, n, generator=gen).to(DEV).t()],
+    }
     assert not s["positions"][0].is_contiguous()
     x_storage = s["positions"][0]
     ref = _reference(s)
@@ -189,8 +215,9 @@ def _randoms(numels, seed, offset, device=DEV, dtype=torch.float32):
         vs = [torch.zeros_like(x) for x in xs]
         ps = [torch.ones_like(x) for x in xs]
         gs = [torch.full((1,), c2, device=device, dtype=dtype) for _ in numels]
-        torch.ops.hgpso.fused_update_(xs, vs, ps, gs, [], [], [], seed, offset, 0.0, 0.0, c1,
-                                      c2, None)
+        torch.ops.hgpso.fused_update_(
+            xs, vs, ps, gs, [], [], [], seed, offset, 0.0, 0.0, c1, c2, None
+        )
         cols.append([v.flatten().float() for v in vs])
     return [torch.stack(pair, dim=1) for pair in zip(*cols, strict=True)]
 
@@ -265,9 +292,14 @@ def test_fused_none_uses_the_kernel_on_cuda_and_false_never(monkeypatch):
 
     monkeypatch.setattr(kernels, "fused_hgpso_update_", spy)
     model, x, y = _problem()
-    opt = HGPSO([{"params": [model.fc1.weight, model.fc1.bias]},
-                 {"params": [model.fc2.weight, model.fc2.bias], "lr": 0.02}],
-                num_particles=4, seed=0)
+    opt = HGPSO(
+        [
+            {"params": [model.fc1.weight, model.fc1.bias]},
+            {"params": [model.fc2.weight, model.fc2.bias], "lr": 0.02},
+        ],
+        num_particles=4,
+        seed=0,
+    )
     _train(opt, model, x, y, 3)
     assert calls == [0, 1, 2, 3, 4, 5]  # step * groups + group
     calls.clear()

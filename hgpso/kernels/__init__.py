@@ -112,8 +112,9 @@ def load_error() -> BaseException | None:
 
 def _require() -> None:
     if not is_available():
-        raise RuntimeError(f"the fused HG-PSO kernel is unavailable: {_LOAD_ERROR}") \
-            from _LOAD_ERROR
+        raise RuntimeError(
+            f"the fused HG-PSO kernel is unavailable: {_LOAD_ERROR}"
+        ) from _LOAD_ERROR
 
 
 def fused_hgpso_update_(
@@ -183,8 +184,19 @@ def fused_hgpso_update_(
     r1s = [] if r1 is None else [ready(r, x) for r, x in zip(r1, xs, strict=True)]
     r2s = [] if r2 is None else [ready(r, x) for r, x in zip(r2, xs, strict=True)]
     torch.ops.hgpso.fused_update_(
-        xs, vs, ps, gs, grs, r1s, r2s,
-        int(seed), int(offset), float(lr), float(inertia), float(cognitive), float(social),
+        xs,
+        vs,
+        ps,
+        gs,
+        grs,
+        r1s,
+        r2s,
+        int(seed),
+        int(offset),
+        float(lr),
+        float(inertia),
+        float(cognitive),
+        float(social),
         None if max_velocity is None else float(max_velocity),
     )
     for dst, src in zip(positions + velocities, xs + vs, strict=True):

@@ -12,8 +12,11 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hgpso.kernels", description=__doc__)
-    parser.add_argument("--build", action="store_true",
-                        help="compile the JIT extension (or load the AOT one) and report")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="compile the JIT extension (or load the AOT one) and report",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="show compiler output")
     args = parser.parse_args(argv)
 
@@ -46,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hgpso.kernels: {how} at {path} ({elapsed:.1f} s)")
     print(f"op: torch.ops.hgpso.fused_update_ ({torch.ops.hgpso.fused_update_.default._schema})")
     if not torch.cuda.is_available():
-        print("note: no CUDA device here, so the kernel is built but cannot run; "
-              "HGPSO(..., fused=None) will use the pure-PyTorch path")
+        print(
+            "note: no CUDA device here, so the kernel is built but cannot run; "
+            "HGPSO(..., fused=None) will use the pure-PyTorch path"
+        )
     return 0
 
 

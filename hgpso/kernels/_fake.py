@@ -12,15 +12,31 @@ _REGISTERED = False
 
 
 def _fused_update_fake(
-    positions, velocities, pbests, gbests, grads, r1, r2, seed, offset, lr, inertia, cognitive,
-    social, max_velocity,
+    positions,
+    velocities,
+    pbests,
+    gbests,
+    grads,
+    r1,
+    r2,
+    seed,
+    offset,
+    lr,
+    inertia,
+    cognitive,
+    social,
+    max_velocity,
 ):
     n = len(positions)
-    torch._check(len(velocities) == n and len(pbests) == n and len(gbests) == n,
-                 lambda: "positions, velocities, pbests, gbests must have equal lengths")
+    torch._check(
+        len(velocities) == n and len(pbests) == n and len(gbests) == n,
+        lambda: "positions, velocities, pbests, gbests must have equal lengths",
+    )
     torch._check(len(grads) in (0, n), lambda: "grads must be empty or match positions")
-    torch._check(len(r1) == len(r2) and len(r1) in (0, n),
-                 lambda: "r1 and r2 must both be empty or match positions")
+    torch._check(
+        len(r1) == len(r2) and len(r1) in (0, n),
+        lambda: "r1 and r2 must both be empty or match positions",
+    )
     for k, x in enumerate(positions):
         torch._check(x.dim() >= 1, lambda: "positions need a particle dimension")
         for name, ts in (("velocities", velocities), ("pbests", pbests)):
