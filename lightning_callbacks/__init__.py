@@ -1,0 +1,5 @@
+"""Lightning integration of hgpso: :class:`LLMPSOCallback` tunes optimizer hyperparameters."""
+
+from .llm_pso import LLMPSOCallback
+
+__all__ = ["LLMPSOCallback"]

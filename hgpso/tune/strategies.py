@@ -100,6 +100,24 @@ class Strategy:
     def llm_stats(self) -> LLMStats | None:
         return None
 
+    def replace_pending(self, index: int, point: Mapping[str, Any]) -> dict[str, Any]:
+        """Swap one point of the pending batch for a caller-given one before :meth:`tell`.
+
+        Used e.g. to score the optimizer's current setting among the first candidates. The
+        point is type-checked and clipped; the returned point is the one to evaluate.
+        """
+        if self._pending is None:
+            raise RuntimeError("replace_pending() needs a pending ask()")
+        point = self.space.coerce(point)
+        u = self.space.encode(point)
+        self._pending[index] = u
+        self._exact[int(index)] = point
+        self._replace_unit(int(index), u)
+        return dict(point)
+
+    def _replace_unit(self, index: int, u: np.ndarray) -> None:
+        pass
+
     # -- persistence ----------------------------------------------------------------------
     _NOT_STATE = frozenset({"space", "llm", "rng"})
 
@@ -250,6 +268,9 @@ class PSO(Strategy):
             return self.x
         self._move()
         return self.x
+
+    def _replace_unit(self, index, u):
+        self.x[index] = u
 
     def _tell_unit(self, u, values):
         self.values = values.copy()

@@ -1,0 +1,376 @@
+"""``LLMPSOCallback``: tune optimizer hyperparameters while ``Trainer.fit`` runs.
+
+Population-based, in the spirit of PBT: every ``interval`` training epochs the callback
+
+1. snapshots the model and optimizer state (and the torch RNG),
+2. asks its :mod:`hgpso.tune` strategy for ``population`` candidate settings of the tuned
+   param-group keys (for HGPSO ``lr``/``inertia``/``cognitive``/``social``, for SGD
+   ``lr``/``momentum``/``weight_decay`` as in paper 003 — any key of ``param_groups``),
+3. for each candidate restores the snapshot, writes the candidate into every param group,
+   trains ``probe_steps`` steps on training batches and scores the mean loss on
+   ``eval_batches`` held-out batches (the validation loader when there is one),
+4. tells the strategy the scores (lower is better), restores the snapshot and applies the
+   best candidate of this round to ``param_groups``; the LLM strategies additionally let the
+   LLM replace the worst candidates of the next round.
+
+Training itself is untouched apart from the applied values: the probes run on copies of the
+state which are thrown away, and the RNG state is restored afterwards.
+
+Lightning conventions: the callback only uses hooks; arguments are validated in
+``__init__`` and against the optimizer in ``on_fit_start`` with clear messages; chosen values
+and scores are logged with ``pl_module.log_dict`` (so every logger in ``trainer.loggers``
+receives them, under ``tune/<key>``); candidates are drawn (and the LLM called) on rank 0
+only and broadcast with ``trainer.strategy.broadcast``; probe scores are averaged over ranks
+with ``trainer.strategy.reduce``; :meth:`state_dict` stores the complete search state as
+JSON text, so ``Trainer.fit(ckpt_path=...)`` continues the same search and re-applies the
+tuned values to the optimizer when training restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from hgpso.tune import LLMClient, SearchSpace, make_strategy
+from hgpso.tune.space import Param
+
+__all__ = ["LLMPSOCallback"]
+
+LossFn = Callable[[LightningModule, Any], torch.Tensor]
+
+
+def _training_step_loss(pl_module: LightningModule, batch: Any) -> torch.Tensor:
+    """Default probe loss: the module's own ``training_step`` output (``loss`` key if a dict)."""
+    out = pl_module.training_step(batch, 0)
+    if isinstance(out, Mapping):
+        out = out["loss"]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            "LLMPSOCallback: training_step must return a loss tensor or a dict with 'loss' "
+            "(or pass loss_fn=...)"
+        )
+    return out
+
+
+@contextmanager
+def _no_logging(pl_module: LightningModule):
+    """Silence ``self.log`` calls made by ``training_step`` while probing."""
+    had = {k: k in vars(pl_module) for k in ("log", "log_dict")}
+    pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    pl_module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for k, was in had.items():
+            if not was:
+                delattr(pl_module, k)
+
+
+class LLMPSOCallback(Callback):
+    """Tune optimizer ``param_groups`` keys during training with PSO / GA / LLM strategies.
+
+    Args:
+        space: the tuned keys, ``{"lr": Float(1e-4, 1.0, log=True), "momentum": ...}`` or a
+            :class:`~hgpso.tune.SearchSpace`; every name must be a key of the optimizer's
+            param groups. Values are written into *all* param groups.
+        strategy: ``"llm_pso"`` (default), ``"llm_ga"``, ``"pso"``, ``"ga"`` or ``"random"``.
+        interval: tune after every ``interval`` training epochs.
+        population: candidates scored per decision.
+        probe_steps: optimizer steps each candidate trains from the snapshot.
+        eval_batches: held-out batches each probe is scored on.
+        loss_fn: ``loss_fn(pl_module, batch) -> loss tensor`` for probes; default: the
+            module's ``training_step`` (its ``self.log`` calls are muted while probing).
+        llm: an :class:`~hgpso.tune.LLMClient` for the LLM strategies (default: built from
+            the ``HGPSO_LLM_*`` environment variables).
+        k: candidates the LLM replaces per decision (LLM strategies).
+        seed: strategy seed (same initial candidates per seed).
+        include_current: make the first candidate of the first decision the optimizer's
+            current setting, so tuning never starts by discarding a good default.
+        strategy_kwargs: extra arguments of the strategy (e.g. ``max_llm_calls``).
+        verbose: print each decision on rank 0.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace | Mapping[str, Param],
+        strategy: str = "llm_pso",
+        interval: int = 1,
+        population: int = 4,
+        probe_steps: int = 5,
+        eval_batches: int = 2,
+        loss_fn: LossFn | None = None,
+        llm: LLMClient | None = None,
+        k: int = 1,
+        seed: int = 0,
+        include_current: bool = True,
+        strategy_kwargs: Mapping[str, Any] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(space, SearchSpace):
+            if not isinstance(space, Mapping):
+                raise TypeError("LLMPSOCallback: space must be a SearchSpace or a dict of params")
+            space = SearchSpace(space)
+        for name, value in (
+            ("interval", interval),
+            ("population", population),
+            ("probe_steps", probe_steps),
+            ("eval_batches", eval_batches),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"LLMPSOCallback: {name} must be an int >= 1, got {value!r}")
+        if population < 2:
+            raise ValueError(f"LLMPSOCallback: population must be >= 2, got {population}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError("LLMPSOCallback: loss_fn must be callable")
+        kwargs = dict(strategy_kwargs or {})
+        self.uses_llm = strategy.lower().replace("-", "_") in ("llm_pso", "llm_ga")
+        if self.uses_llm:
+            kwargs.setdefault("k", k)
+            kwargs.setdefault(
+                "task",
+                "Tune the optimizer hyperparameters of a neural network during training. "
+                "Score = held-out loss after a short training probe.",
+            )
+            kwargs["llm"] = llm if llm is not None else LLMClient()
+        elif llm is not None:
+            raise ValueError(f"LLMPSOCallback: llm= given but strategy {strategy!r} uses no LLM")
+        # make_strategy validates the name and the strategy arguments with clear errors
+        self.strategy = make_strategy(strategy, space, population=population, seed=seed, **kwargs)
+        self.space = space
+        self.strategy_name = strategy
+        self.interval = interval
+        self.population = population
+        self.probe_steps = probe_steps
+        self.eval_batches = eval_batches
+        self.loss_fn = loss_fn or _training_step_loss
+        self.include_current = include_current
+        self.verbose = verbose
+        self.current: dict[str, Any] | None = None  # values applied by the last decision
+        self.decisions = 0
+        self.rounds: list[dict[str, Any]] = []  # one record per decision
+
+    # ------------------------------------------------------------------ Lightning hooks --
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(space=tuple(self.space.names), strategy=self.strategy_name)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            raise RuntimeError("LLMPSOCallback needs automatic optimization")
+        if len(trainer.optimizers) != 1:
+            raise RuntimeError(
+                f"LLMPSOCallback tunes exactly one optimizer, found {len(trainer.optimizers)}"
+            )
+        opt = trainer.optimizers[0]
+        for name in self.space.names:
+            for i, group in enumerate(opt.param_groups):
+                if name not in group:
+                    keys = sorted(k for k in group if k != "params")
+                    raise ValueError(
+                        f"LLMPSOCallback: {type(opt).__name__}.param_groups[{i}] has no key "
+                        f"{name!r}; tunable keys are {keys}"
+                    )
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After a resume every state is restored; re-apply the tuned values last, so that
+        # neither configure_optimizers defaults nor other callbacks override them.
+        if self.current is not None:
+            self._apply(trainer.optimizers[0], self.current)
+            rank_zero_info(f"LLMPSOCallback: restored tuned values {self.current}")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.interval:
+            return
+        if trainer.sanity_checking:
+            return
+        self._decide(trainer, pl_module)
+
+    # ------------------------------------------------------------------ persistence -----
+    def state_dict(self) -> dict[str, Any]:
+        # JSON text: safe under torch.load(weights_only=True) and readable by people.
+        return {
+            "version": 1,
+            "search": json.dumps(
+                {
+                    "strategy": self.strategy.state_dict(),
+                    "current": self.current,
+                    "decisions": self.decisions,
+                    "rounds": self.rounds,
+                }
+            ),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        data = json.loads(state_dict.get("search", "{}"))
+        if "strategy" in data:
+            self.strategy.load_state_dict(data["strategy"])
+        self.current = data.get("current")
+        self.decisions = int(data.get("decisions", 0))
+        self.rounds = list(data.get("rounds", []))
+
+    # ------------------------------------------------------------------ internals -------
+    @staticmethod
+    def _apply(opt: torch.optim.Optimizer, values: Mapping[str, Any]) -> None:
+        for group in opt.param_groups:
+            for k, v in values.items():
+                group[k] = v
+
+    def _batches(self, loader: Any, n: int, skip: int = 0) -> list[Any]:
+        out: list[Any] = []
+        if loader is None:
+            return out
+        loaders = loader if isinstance(loader, (list, tuple)) else [loader]
+        for dl in loaders:
+            for i, b in enumerate(dl):
+                if i < skip:
+                    continue
+                out.append(b)
+                if len(out) >= n:
+                    return out
+        return out
+
+    def _probe(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        opt: torch.optim.Optimizer,
+        train_batches: list[Any],
+        eval_batches: list[Any],
+    ) -> float:
+        pl_module.train()
+        with torch.enable_grad():
+            for step in range(self.probe_steps):
+                batch = train_batches[step % len(train_batches)]
+
+                def closure(batch=batch):
+                    opt.zero_grad()
+                    loss = self.loss_fn(pl_module, batch)
+                    loss.backward()
+                    return loss
+
+                opt.step(closure)
+        pl_module.eval()
+        total = 0.0
+        with torch.no_grad():
+            for batch in eval_batches:
+                total += float(self.loss_fn(pl_module, batch))
+        pl_module.train()
+        score = total / max(len(eval_batches), 1)
+        return score if math.isfinite(score) else math.inf
+
+    def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        opt = trainer.optimizers[0]
+        strategy = trainer.strategy
+        was_training = pl_module.training
+        # The first decision may start from the optimizer's own values.
+        current = {k: opt.param_groups[0][k] for k in self.space.names}
+
+        # -- rank 0 draws the candidates (the only rank that may call the LLM) -------------
+        candidates: list[dict[str, Any]] | None = None
+        if trainer.is_global_zero:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                candidates = self.strategy.ask()
+            for w in caught:
+                rank_zero_warn(str(w.message))
+            if self.include_current and self.decisions == 0 and self.strategy.iteration == 0:
+                try:
+                    candidates[0] = self.strategy.replace_pending(0, current)
+                except (TypeError, ValueError, KeyError):
+                    pass  # current value outside the space's types: keep the drawn one
+        candidates = strategy.broadcast(candidates, src=0)
+
+        # -- probes from one snapshot, on every rank ----------------------------------------
+        model_state = copy.deepcopy(pl_module.state_dict())
+        opt_state = copy.deepcopy(opt.state_dict())
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        train_b = [
+            strategy.batch_to_device(b)
+            for b in self._batches(trainer.train_dataloader, self.probe_steps)
+        ]
+        val_src = trainer.val_dataloaders
+        if val_src:
+            eval_b = self._batches(val_src, self.eval_batches)
+        else:  # no validation loader: score on training batches not used for the probes
+            eval_b = self._batches(
+                trainer.train_dataloader, self.eval_batches, skip=self.probe_steps
+            )
+        eval_b = [strategy.batch_to_device(b) for b in eval_b]
+        if not train_b or not eval_b:
+            rank_zero_warn("LLMPSOCallback: no batches to probe with; skipping this decision")
+            return
+        scores: list[float] = []
+        try:
+            with _no_logging(pl_module):
+                for cand in candidates:
+                    pl_module.load_state_dict(model_state)
+                    opt.load_state_dict(copy.deepcopy(opt_state))
+                    self._apply(opt, cand)
+                    try:
+                        s = self._probe(trainer, pl_module, opt, train_b, eval_b)
+                    except (RuntimeError, FloatingPointError) as e:
+                        rank_zero_warn(f"LLMPSOCallback: probe of {cand} failed: {e}")
+                        s = math.inf
+                    t = torch.tensor(s if math.isfinite(s) else 1e30, dtype=torch.float64)
+                    t = strategy.reduce(t.to(pl_module.device), reduce_op="mean")
+                    scores.append(float(t))
+        finally:
+            pl_module.load_state_dict(model_state)
+            opt.load_state_dict(opt_state)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            pl_module.train(was_training)
+
+        # -- rank 0 tells the strategy and chooses; everyone applies the broadcast choice ---
+        choice = None
+        if trainer.is_global_zero:
+            self.strategy.tell(candidates, scores)
+            i = min(range(len(scores)), key=scores.__getitem__)
+            choice = {"values": candidates[i], "score": scores[i]}
+        choice = strategy.broadcast(choice, src=0)
+        self.current = dict(choice["values"])
+        self._apply(opt, self.current)
+        self.decisions += 1
+        record = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "chosen": self.current,
+            "score": choice["score"],
+            "scores": scores,
+            "candidates": candidates,
+        }
+        self.rounds.append(record)
+        metrics = {
+            f"tune/{k}": float(v) for k, v in self.current.items() if isinstance(v, (int, float))
+        }
+        metrics["tune/probe_score"] = float(min(choice["score"], 1e30))
+        stats = self.strategy.llm_stats
+        if stats is not None:
+            metrics["tune/llm_calls"] = float(stats.calls)
+            metrics["tune/llm_fallbacks"] = float(stats.fallbacks)
+            metrics["tune/llm_seconds"] = float(stats.seconds)
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        if self.verbose:
+            rank_zero_info(
+                f"LLMPSOCallback epoch {trainer.current_epoch}: {record['chosen']} "
+                f"(probe score {choice['score']:.4g})"
+            )
+
+    def describe_rounds(self) -> Iterable[str]:
+        for r in self.rounds:
+            yield f"epoch {r['epoch']}: {r['chosen']} score {r['score']:.4g}"
