@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     info = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "device": torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"cpu ({platform.machine()}, smoke run)",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "dtype": args.dtype,

@@ -352,10 +352,12 @@ def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_ke
         for _ in range(steps):
             opt.step(closure)
 
-    groups = lambda m: [
-        {"params": m.fc1.parameters()},  # noqa: E731
-        {"params": m.fc2.parameters(), "lr": 0.02},
-    ]
+    def groups(m):
+        return [
+            {"params": m.fc1.parameters()},
+            {"params": m.fc2.parameters(), "lr": 0.02},
+        ]
+
     kwargs = {"num_particles": 4, "seed": 3, "fused": True}
     opt = HGPSO(groups(model), **kwargs)
     with pytest.MonkeyPatch.context() as mp:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 import shutil
 import sys
@@ -159,6 +160,12 @@ def build(*, verbose: bool = False) -> Path:
     with _LOCK:
         if _LOADED is not None and Path(_LOADED) != out / f"{NAME}.so":
             return Path(_LOADED)
+        if not (out / f"{NAME}.so").is_file():
+            logging.getLogger("hgpso.kernels").warning(
+                "hgpso: compiling the fused CUDA kernel into %s (once; about a minute). "
+                "HGPSO_JIT=0 disables this, `python -m hgpso.kernels --build` does it ahead.",
+                out,
+            )
         with _arch_env():
             path = _load_jit(src, out, verbose)
         _after_load(path)
