@@ -1,0 +1,130 @@
+"""Shared runner of the ``tune_*`` model benchmarks: resumable per-run files and a summary.
+
+Each (strategy, seed) run is one :func:`hgpso.tune.minimize` call written to
+``<out>/runs/<strategy>/seed<k>.json`` as soon as it finishes; existing files are skipped.
+``<out>/summary.json`` holds, per strategy, evaluations to reach the target (median and
+25/75 percentiles over seeds, unreached = +inf, so ``null`` when too few reached it), the
+number of runs that reached it, the median best value and the LLM calls/seconds/tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hgpso.tune import LLMClient, SearchSpace, make_strategy, minimize
+
+LLM_STRATEGIES = ("llm_pso", "llm_ga")
+
+
+def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: float) -> None:
+    p.add_argument("--strategies", nargs="+", default=["random", "pso", "ga", "llm_pso", "llm_ga"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--population", type=int, default=6)
+    p.add_argument("--budget", type=int, default=budget, help="objective evaluations per run")
+    p.add_argument("--target", type=float, default=target)
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--llm-every", type=int, default=1)
+    p.add_argument("--max-llm-calls", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--base-url", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--summary-only", action="store_true")
+
+
+def _q(values: list[float], q: float) -> float | None:
+    v = float(np.percentile(np.array(values, dtype=float), q))
+    return v if math.isfinite(v) else None
+
+
+def summarize(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"meta": meta, "strategies": {}}
+    for sd in sorted((out / "runs").glob("*")):
+        runs = [json.loads(f.read_text()) for f in sorted(sd.glob("seed*.json"))]
+        if not runs:
+            continue
+        ctt = [r["calls_to_target"] or math.inf for r in runs]
+        llm = [r.get("llm") or {} for r in runs]
+        summary["strategies"][sd.name] = {
+            "evals_to_target_median": _q(ctt, 50),
+            "evals_to_target_iqr": [_q(ctt, 25), _q(ctt, 75)],
+            "reached": sum(math.isfinite(c) for c in ctt),
+            "seeds": len(runs),
+            "best_value_median": float(np.median([r["best_value"] for r in runs])),
+            "best_points": [r["best_point"] for r in runs],
+            "objective_seconds_total": round(sum(r["objective_seconds"] for r in runs), 1),
+            "llm_calls": sum(x.get("calls", 0) for x in llm),
+            "llm_seconds": round(sum(x.get("seconds", 0.0) for x in llm), 1),
+            "llm_tokens": sum(x.get("tokens", 0) for x in llm),
+            "llm_fallbacks": sum(x.get("fallbacks", 0) for x in llm),
+        }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_suite(
+    args: argparse.Namespace,
+    objective: Callable[[dict[str, Any]], float],
+    space: SearchSpace,
+    task: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    meta = dict(meta, target=args.target, budget=args.budget, population=args.population)
+    if args.summary_only:
+        return summarize(args.out, meta)
+    llm_needed = any(s in LLM_STRATEGIES for s in args.strategies)
+    if llm_needed and not (args.model or os.environ.get("HGPSO_LLM_MODEL")):
+        raise SystemExit("LLM strategies need --model/--base-url or HGPSO_LLM_* env vars")
+    for seed in range(args.seeds):
+        for name in args.strategies:
+            f = args.out / "runs" / name / f"seed{seed}.json"
+            if f.exists():
+                continue
+            kwargs: dict[str, Any] = {}
+            if name in LLM_STRATEGIES:
+                kwargs = dict(
+                    llm=LLMClient(
+                        base_url=args.base_url,
+                        model=args.model,
+                        temperature=args.temperature,
+                        max_tokens=args.max_tokens,
+                        timeout=args.timeout,
+                        max_retries=1,
+                        seed=seed,
+                    ),
+                    k=args.k,
+                    llm_every=args.llm_every,
+                    max_llm_calls=args.max_llm_calls,
+                    task=task,
+                )
+            strat = make_strategy(name, space, population=args.population, seed=seed, **kwargs)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = minimize(objective, space, strat, budget=args.budget, target=args.target)
+            out = res.as_dict()
+            out.update(seed=seed, target=args.target, warnings=len(caught))
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out) + "\n")
+            tmp.replace(f)
+            print(
+                f"{name:8s} seed {seed}: evals_to_target={res.calls_to_target} "
+                f"best={res.best_value:.4g} llm_calls={res.llm.get('calls', 0)} "
+                f"wall={time.perf_counter() - t0:.0f}s",
+                flush=True,
+            )
+            summarize(args.out, meta)
+    return summarize(args.out, meta)
