@@ -363,3 +363,38 @@ def test_bfloat16_parameters_train_with_the_kernel():
     losses = _train(opt, model, x.to(torch.bfloat16), y, 20)
     assert opt.state[model.fc1.weight]["velocity"].dtype == torch.bfloat16
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("shapes", AWKWARD, ids=str)
+@pytest.mark.parametrize("misalign", [0, 1], ids=["aligned", "misaligned"])
+def test_in_kernel_randoms_update_matches_the_cpu_twin(shapes, misalign):
+    """The full update with in-kernel randoms, CUDA vs the op's CPU twin on the same inputs
+    (the twin is checked against the reference and the Philox stream without a GPU)."""
+    s, guards = _make(shapes, misalign=misalign)
+    cpu = {k: [t.cpu() for t in v] for k, v in s.items()}
+    _fused(s, given=False, seed=77, offset=12, max_velocity=0.5)
+    torch.ops.hgpso.fused_update_(
+        cpu["positions"], cpu["velocities"], cpu["pbests"], cpu["gbests"], cpu["grads"],
+        [], [], 77, 12, KW["lr"], KW["inertia"], KW["cognitive"], KW["social"], 0.5,
+    )  # fmt: skip
+    for key in ("positions", "velocities"):
+        for got, want in zip(s[key], cpu[key], strict=True):
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
+    assert all(_guards_intact(*g) for g in guards)
+
+
+def test_torch_compile_traces_the_op_on_cuda():
+    s, _ = _make([(4, 100), (3, 7)])
+    eager = {k: [t.clone() for t in v] for k, v in s.items()}
+
+    def step(xs, vs, ps, gs, grs):
+        torch.ops.hgpso.fused_update_(xs, vs, ps, gs, grs, [], [], 5, 2, 0.1, 0.9, 0.5, 0.5,
+                                      None)  # fmt: skip
+        return xs[0].sum()
+
+    step(eager["positions"], eager["velocities"], eager["pbests"], eager["gbests"],
+         eager["grads"])  # fmt: skip
+    torch.compile(step)(s["positions"], s["velocities"], s["pbests"], s["gbests"], s["grads"])
+    for key in ("positions", "velocities"):
+        for a, b in zip(s[key], eager[key], strict=True):
+            assert torch.equal(a, b)
