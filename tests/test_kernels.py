@@ -176,3 +176,22 @@ def test_kernel_seed_and_offset_are_in_the_optimizer_state(tiny_problem):
     opt2 = HGPSO(model2.parameters(), num_particles=2, seed=5)
     opt2.step(_closure(opt2, model2, x, y))
     assert opt2.state["swarm"]["kernel_seed"] == swarm["kernel_seed"]
+
+
+# ------------------------------------------------------------------ python -m hgpso.kernels
+def test_cli_status_without_build(capsys):
+    from hgpso.kernels.__main__ import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "AOT build" in out and "JIT build" in out and "can build" in out
+
+
+def test_cli_build_reports_why_it_cannot(monkeypatch, capsys):
+    from hgpso.kernels import _build
+    from hgpso.kernels.__main__ import main
+
+    monkeypatch.setattr(_build, "aot_library", lambda: None)
+    monkeypatch.setattr(_build, "why_cannot_build", lambda: "no CUDA toolkit found (test)")
+    assert main(["--build"]) == 1
+    assert "no CUDA toolkit found (test)" in capsys.readouterr().err
