@@ -49,13 +49,19 @@ def _q(values: list[float], q: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _calls_to(trace: list[float], target: float) -> float:
+    return next((i + 1 for i, v in enumerate(trace) if v <= target), math.inf)
+
+
 def summarize(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Runs use their whole budget, so any ``target`` can be evaluated from the traces."""
+    target = meta["target"]
     summary: dict[str, Any] = {"meta": meta, "strategies": {}}
     for sd in sorted((out / "runs").glob("*")):
         runs = [json.loads(f.read_text()) for f in sorted(sd.glob("seed*.json"))]
         if not runs:
             continue
-        ctt = [r["calls_to_target"] or math.inf for r in runs]
+        ctt = [_calls_to(r["trace"], target) for r in runs]
         llm = [r.get("llm") or {} for r in runs]
         summary["strategies"][sd.name] = {
             "evals_to_target_median": _q(ctt, 50),
@@ -113,15 +119,16 @@ def run_suite(
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = minimize(objective, space, strat, budget=args.budget, target=args.target)
+                # no early stop: the full trace lets --summary-only re-evaluate other targets
+                res = minimize(objective, space, strat, budget=args.budget)
             out = res.as_dict()
-            out.update(seed=seed, target=args.target, warnings=len(caught))
+            out.update(seed=seed, warnings=len(caught))
             f.parent.mkdir(parents=True, exist_ok=True)
             tmp = f.with_suffix(".tmp")
             tmp.write_text(json.dumps(out) + "\n")
             tmp.replace(f)
             print(
-                f"{name:8s} seed {seed}: evals_to_target={res.calls_to_target} "
+                f"{name:8s} seed {seed}: evals_to_target={_calls_to(res.trace, args.target)} "
                 f"best={res.best_value:.4g} llm_calls={res.llm.get('calls', 0)} "
                 f"wall={time.perf_counter() - t0:.0f}s",
                 flush=True,

@@ -94,8 +94,8 @@ def make_objective(epochs: int, batch_size: int = 64):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_common_args(p, "benchmarks/results/tuning/lstm", budget=30, target=0.1)
-    p.add_argument("--epochs", type=int, default=8)
+    add_common_args(p, "benchmarks/results/tuning/lstm", budget=24, target=0.15)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
