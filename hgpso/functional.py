@@ -70,8 +70,13 @@ def hgpso_update_(
     ``v -= lr*grad``; clamp; ``x += v``.
     """
     n = _check_lists(
-        positions=positions, velocities=velocities, pbests=pbests, gbests=gbests,
-        grads=grads, r1=r1, r2=r2,
+        positions=positions,
+        velocities=velocities,
+        pbests=pbests,
+        gbests=gbests,
+        grads=grads,
+        r1=r1,
+        r2=r2,
     )
     if n == 0:
         return

@@ -26,11 +26,13 @@ class SmallCNN(nn.Module):
 def _closure_run(model, x, y, steps, cls=HGPSO, **kw):
     opt = cls(model.parameters(), **kw)
     for _ in range(steps):
+
         def closure():
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         opt.step(closure)
     return opt
 
@@ -38,21 +40,25 @@ def _closure_run(model, x, y, steps, cls=HGPSO, **kw):
 def _vector_run(model, x, y, steps, strategy, cls=HGPSO, chunk_size=None, **kw):
     opt = cls(model.parameters(), **kw)
     for _ in range(steps):
-        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y,
-                                          strategy=strategy, chunk_size=chunk_size))
+        opt.step(
+            hgpso.vectorized_closure(
+                model, F.cross_entropy, x, y, strategy=strategy, chunk_size=chunk_size
+            )
+        )
     return opt
 
 
 def _assert_same_swarm(a, b, model_a, model_b, atol=1e-5):
-    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+    for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
         if not pa.requires_grad:
             assert pa not in a.state and pb not in b.state
             continue
         for key in ("position", "velocity", "pbest"):
             torch.testing.assert_close(a.state[pa][key], b.state[pb][key], atol=atol, rtol=1e-4)
         torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4)
-    torch.testing.assert_close(a.state["swarm"]["pbest_losses"],
-                               b.state["swarm"]["pbest_losses"], atol=atol, rtol=1e-4)
+    torch.testing.assert_close(
+        a.state["swarm"]["pbest_losses"], b.state["swarm"]["pbest_losses"], atol=atol, rtol=1e-4
+    )
     assert a.state["swarm"]["gbest_index"] == b.state["swarm"]["gbest_index"]
 
 
@@ -75,16 +81,23 @@ def test_vectorized_with_frozen_parameter_and_groups():
     model.fc1.bias.requires_grad_(False)
     model2 = copy.deepcopy(model)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    groups = lambda m: [{"params": [m.fc1.weight, m.fc1.bias], "lr": 0.2},  # noqa: E731
-                        {"params": m.fc2.parameters()}]
+
+    def groups(m):
+        return [
+            {"params": [m.fc1.weight, m.fc1.bias], "lr": 0.2},
+            {"params": m.fc2.parameters()},
+        ]
+
     a = HGPSO(groups(model), num_particles=3, seed=2)
     b = HGPSO(groups(model2), num_particles=3, seed=2)
     for _ in range(3):
+
         def closure():
             a.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         a.step(closure)
         b.step(hgpso.vectorized_closure(model2, F.cross_entropy, x, y, strategy="vmap"))
     _assert_same_swarm(a, b, model, model2)
@@ -109,7 +122,7 @@ def test_batchnorm_in_training_mode_gets_a_clear_error():
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     with pytest.raises(ValueError, match="replace_all_batch_norm_modules_"):
         opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
-    for p, w in zip(model.parameters(), weights):
+    for p, w in zip(model.parameters(), weights, strict=True):
         assert torch.equal(p, w)
     torch.func.replace_all_batch_norm_modules_(model)
     opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy="vmap"))
@@ -120,8 +133,11 @@ def test_parameter_not_in_model_is_a_clear_error():
     other = TinyNet()
     opt = HGPSO(other.parameters(), num_particles=2)
     with pytest.raises(ValueError, match="not a parameter of the model"):
-        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, torch.randn(4, 6),
-                                          torch.randint(0, 3, (4,))))
+        opt.step(
+            hgpso.vectorized_closure(
+                model, F.cross_entropy, torch.randn(4, 6), torch.randint(0, 3, (4,))
+            )
+        )
 
 
 def test_non_scalar_loss_fn_is_rejected():
@@ -129,8 +145,11 @@ def test_non_scalar_loss_fn_is_rejected():
     opt = HGPSO(model.parameters(), num_particles=2)
     per_sample = lambda out, t: F.cross_entropy(out, t, reduction="none")  # noqa: E731
     with pytest.raises(Exception, match="scalar"):
-        opt.step(hgpso.vectorized_closure(model, per_sample, torch.randn(4, 6),
-                                          torch.randint(0, 3, (4,)), strategy="loop"))
+        opt.step(
+            hgpso.vectorized_closure(
+                model, per_sample, torch.randn(4, 6), torch.randint(0, 3, (4,)), strategy="loop"
+            )
+        )
 
 
 def test_direct_call_returns_current_loss():
@@ -159,9 +178,15 @@ def test_wrapped_vectorized_closure_still_vectorizes():
     assert len(calls) == 1  # one call scored all four particles
 
 
-@pytest.mark.parametrize("kwargs,match", [({"chunk_size": 0}, "chunk_size"),
-                                          ({"strategy": "fast"}, "strategy")])
+@pytest.mark.parametrize(
+    "kwargs,match", [({"chunk_size": 0}, "chunk_size"), ({"strategy": "fast"}, "strategy")]
+)
 def test_vectorized_closure_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        hgpso.vectorized_closure(TinyNet(), F.cross_entropy, torch.randn(2, 6),
-                                 torch.zeros(2, dtype=torch.long), **kwargs)
+        hgpso.vectorized_closure(
+            TinyNet(),
+            F.cross_entropy,
+            torch.randn(2, 6),
+            torch.zeros(2, dtype=torch.long),
+            **kwargs,
+        )

@@ -31,8 +31,18 @@ def test_first_step_replays_the_documented_update():
     theta0 = torch.tensor([1.0, -1.0, 2.0])
     c = torch.tensor([0.5, 0.5, 0.5])
     theta = nn.Parameter(theta0.clone())
-    opt = HGPSO([theta], lr=lr, num_particles=n, inertia=w, cognitive=c1, social=c2,
-                init_spread=spread, adaptive=False, forget=0.0, seed=seed)
+    opt = HGPSO(
+        [theta],
+        lr=lr,
+        num_particles=n,
+        inertia=w,
+        cognitive=c1,
+        social=c2,
+        init_spread=spread,
+        adaptive=False,
+        forget=0.0,
+        seed=seed,
+    )
 
     def closure():
         opt.zero_grad()
@@ -68,7 +78,7 @@ def test_initial_swarm_layout(tiny_problem):
     opt = HGPSO(model.parameters(), num_particles=5, init_spread=0.2, seed=0)
     assert not opt.state  # created lazily, like torch.optim state
     opt.swarm  # noqa: B018  (creates it)
-    for p, p0 in zip(model.parameters(), before):
+    for p, p0 in zip(model.parameters(), before, strict=True):
         st = opt.state[p]
         assert st["position"].shape == (5, *p.shape)
         assert st["position"].dtype == p.dtype and st["position"].device == p.device
@@ -118,7 +128,7 @@ def test_model_holds_global_best_after_each_step(tiny_problem):
     opt = HGPSO(model.parameters(), num_particles=4, forget=0.0, seed=0)
     for _ in range(3):
         opt.step(make_closure(opt, model, x, y))
-        for p, g in zip(model.parameters(), opt.gbest()):
+        for p, g in zip(model.parameters(), opt.gbest(), strict=True):
             assert torch.equal(p.detach(), g)
         # one fixed batch and forget=0: the stored best loss is exactly the model's loss
         assert F.cross_entropy(model(x), y).item() == pytest.approx(
@@ -135,11 +145,18 @@ def test_param_groups_frozen_and_empty_params():
     empty = nn.Parameter(torch.zeros(0, 4))
     opt = HGPSO(
         [
-            {"params": [model.fc1.weight, frozen, empty], "lr": 0.0, "cognitive": 0.0,
-             "social": 0.0, "inertia": 0.0, "init_spread": 0.0},
+            {
+                "params": [model.fc1.weight, frozen, empty],
+                "lr": 0.0,
+                "cognitive": 0.0,
+                "social": 0.0,
+                "inertia": 0.0,
+                "init_spread": 0.0,
+            },
             {"params": model.fc2.parameters(), "lr": 0.1},
         ],
-        num_particles=3, seed=0,
+        num_particles=3,
+        seed=0,
     )
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     w1 = model.fc1.weight.detach().clone()
@@ -203,7 +220,7 @@ def test_load_state_dict_with_other_swarm_size_fails_clearly(tiny_problem):
     model, x, y = tiny_problem
     opt = HGPSO(model.parameters(), num_particles=2, seed=0)
     _train(opt, model, x, y, 1)
-    with pytest.raises(ValueError, match="2 particles.*num_particles=3"):
+    with pytest.raises(ValueError, match=r"2 particles.*num_particles=3"):
         HGPSO(model.parameters(), num_particles=3).load_state_dict(opt.state_dict())
 
 
@@ -260,7 +277,7 @@ def test_non_scalar_closure_raises_and_loses_nothing(tiny_problem):
 
     with pytest.raises(ValueError, match="scalar loss"):
         opt.step(bad)
-    for p, w in zip(model.parameters(), weights):
+    for p, w in zip(model.parameters(), weights, strict=True):
         assert torch.equal(p, w)
     after = opt.state_dict()
     for pid, st in state["state"].items():
@@ -285,7 +302,7 @@ def test_closure_that_raises_restores_the_model(tiny_problem):
 
     with pytest.raises(KeyError):
         opt.step(flaky)
-    for p, w in zip(model.parameters(), weights):
+    for p, w in zip(model.parameters(), weights, strict=True):
         assert torch.equal(p, w)
 
 
@@ -321,11 +338,11 @@ def test_nan_particle_is_reseeded_counted_and_never_best(tiny_problem):
 
 
 def test_all_particles_nan_keeps_the_model(tiny_problem):
-    model, x, y = tiny_problem
+    model, _x, _y = tiny_problem
     opt = HGPSO(model.parameters(), num_particles=3, seed=0)
     weights = [p.detach().clone() for p in model.parameters()]
     opt.step(lambda: torch.tensor(math.nan))
-    for p, w in zip(model.parameters(), weights):
+    for p, w in zip(model.parameters(), weights, strict=True):
         assert torch.equal(p, w)
     assert opt.state["swarm"]["nan_reseeds"] == 3
 
@@ -377,7 +394,11 @@ def test_non_adaptive_keeps_group_coefficients(tiny_problem):
     opt = HGPSO(model.parameters(), num_particles=3, adaptive=False, lr_patience=1, seed=0)
     _train(opt, model, x, y, 5)
     assert opt.effective_hyperparameters() == {
-        "lr": 0.01, "inertia": 0.9, "cognitive": 0.5, "social": 0.5}
+        "lr": 0.01,
+        "inertia": 0.9,
+        "cognitive": 0.5,
+        "social": 0.5,
+    }
 
 
 def test_seed_none_follows_torch_manual_seed(tiny_problem):
@@ -390,5 +411,5 @@ def test_seed_none_follows_torch_manual_seed(tiny_problem):
         opt = HGPSO(model.parameters(), num_particles=3)
         _train(opt, model, x, y, 2)
         out.append([p.detach().clone() for p in model.parameters()])
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         assert torch.equal(a, b)

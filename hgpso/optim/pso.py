@@ -72,7 +72,17 @@ class PSO(SwarmOptimizer):
             "init_spread": init_spread,
         }
         super().__init__(
-            params, defaults, num_particles=num_particles, forget=forget, adaptive=adaptive,
-            ema_beta=ema_beta, tol=tol, patience=patience, lr_patience=lr_patience,
-            lr_factor=lr_factor, min_lr_scale=min_lr_scale, seed=seed, fused=fused,
+            params,
+            defaults,
+            num_particles=num_particles,
+            forget=forget,
+            adaptive=adaptive,
+            ema_beta=ema_beta,
+            tol=tol,
+            patience=patience,
+            lr_patience=lr_patience,
+            lr_factor=lr_factor,
+            min_lr_scale=min_lr_scale,
+            seed=seed,
+            fused=fused,
         )

@@ -38,8 +38,15 @@ __all__ = ["SwarmOptimizer"]
 _SWARM = "swarm"
 
 
-def _check_number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
-                  low_open: bool = False, allow_none: bool = False) -> None:
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = False,
+    allow_none: bool = False,
+) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -77,8 +84,11 @@ class SwarmOptimizer(Optimizer):
         seed: int | None,
         fused: bool | None,
     ) -> None:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) \
-                or num_particles < 1:
+        if (
+            isinstance(num_particles, bool)
+            or not isinstance(num_particles, int)
+            or num_particles < 1
+        ):
             raise ValueError(f"num_particles must be a positive int, got {num_particles!r}")
         _check_number("forget", forget, high=1.0)
         _check_number("ema_beta", ema_beta, high=1.0)
@@ -318,19 +328,23 @@ class SwarmOptimizer(Optimizer):
                 g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
 
         improved = F.accept_personal_bests_(
-            positions, self._all("pbest"), swarm["pbest_losses"], losses, valid,
+            positions,
+            self._all("pbest"),
+            swarm["pbest_losses"],
+            losses,
+            valid,
             forget=self.forget,
         )
         pbest_losses = swarm["pbest_losses"]
         gbest_index = int(torch.argmin(pbest_losses))
-        n_valid, n_improved, best_now, gbest_loss = (
-            torch.stack([
+        n_valid, n_improved, best_now, gbest_loss = torch.stack(
+            [
                 valid.sum().float(),
                 improved.sum().float(),
                 torch.where(valid, losses, math.inf).min(),
                 pbest_losses[gbest_index],
-            ]).tolist()
-        )
+            ]
+        ).tolist()
         swarm["gbest_index"] = gbest_index
         swarm["gbest_loss"] = gbest_loss
         self._adapt(n_improved / self.num_particles, best_now)
@@ -363,10 +377,21 @@ class SwarmOptimizer(Optimizer):
             swarm["nan_reseeds"] += n_bad
         swarm["step"] += 1
 
-    def _update_group(self, *, group_index: int, positions: list[Tensor],
-                      velocities: list[Tensor], pbests: list[Tensor], gbests: list[Tensor],
-                      grads: list[Tensor] | None, lr: float, inertia: float, cognitive: float,
-                      social: float, max_velocity: float | None) -> None:
+    def _update_group(
+        self,
+        *,
+        group_index: int,
+        positions: list[Tensor],
+        velocities: list[Tensor],
+        pbests: list[Tensor],
+        gbests: list[Tensor],
+        grads: list[Tensor] | None,
+        lr: float,
+        inertia: float,
+        cognitive: float,
+        social: float,
+        max_velocity: float | None,
+    ) -> None:
         swarm = self.state[_SWARM]
         device = positions[0].device
         use_fused = self.fused is True or (
@@ -374,10 +399,17 @@ class SwarmOptimizer(Optimizer):
         )
         if use_fused:
             kernels.fused_hgpso_update_(
-                positions, velocities, pbests, gbests, grads,
-                seed=swarm["kernel_seed"], offset=swarm["step"] * len(self.param_groups)
-                + group_index,
-                lr=lr, inertia=inertia, cognitive=cognitive, social=social,
+                positions,
+                velocities,
+                pbests,
+                gbests,
+                grads,
+                seed=swarm["kernel_seed"],
+                offset=swarm["step"] * len(self.param_groups) + group_index,
+                lr=lr,
+                inertia=inertia,
+                cognitive=cognitive,
+                social=social,
                 max_velocity=max_velocity,
             )
             return
@@ -385,8 +417,17 @@ class SwarmOptimizer(Optimizer):
         r1 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
         r2 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
         F.hgpso_update_(
-            positions, velocities, pbests, gbests, grads, r1, r2,
-            lr=lr, inertia=inertia, cognitive=cognitive, social=social,
+            positions,
+            velocities,
+            pbests,
+            gbests,
+            grads,
+            r1,
+            r2,
+            lr=lr,
+            inertia=inertia,
+            cognitive=cognitive,
+            social=social,
             max_velocity=max_velocity,
         )
 
