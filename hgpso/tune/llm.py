@@ -182,6 +182,11 @@ def parse_points(
     return out
 
 
+# response_format that each server (base URL) accepted in this process, so that new clients
+# do not renegotiate it with a rejected request each time.
+_ACCEPTED_FORMAT: dict[str, str] = {}
+
+
 def _env(*names: str) -> str | None:
     for n in names:
         v = os.environ.get(n)
@@ -239,7 +244,12 @@ class LLMClient:
         self.max_retries = int(max_retries)
         self.seed = seed
         self.backoff = float(backoff)
-        self._formats = list(self._FORMATS) if response_format == "auto" else [response_format]
+        if response_format == "auto":
+            known = _ACCEPTED_FORMAT.get(self.base_url or "")
+            start = self._FORMATS.index(known) if known else 0
+            self._formats = list(self._FORMATS[start:])
+        else:
+            self._formats = [response_format]
         self.stats = LLMStats()
         self._client = client
         self._api_key = api_key or _env("HGPSO_LLM_API_KEY", "OPENAI_API_KEY") or "sk-no-key"
@@ -310,13 +320,15 @@ class LLMClient:
             t0 = time.perf_counter()
             try:
                 resp = self.client.chat.completions.create(**kwargs)
-            except openai.BadRequestError as e:
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
-                # The server rejected the request shape: try a simpler response_format.
+                # The server rejected the request shape (400/422, e.g. llama.cpp does not know
+                # "json_schema"): try a simpler response_format and remember it per server.
                 if rf is not None and len(self._formats) > 1:
                     self._formats.pop(0)
+                    _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
                     continue
                 break
             except openai.RateLimitError as e:

@@ -65,11 +65,15 @@ def test_timeout_is_bounded(fake_llm):
 
 
 def test_bad_request_downgrades_response_format(fake_llm):
-    fake_llm.script = [("status", 400), ("status", 400), good((0.3, 0.3))]
+    fake_llm.script = [("status", 422), ("status", 400), good((0.3, 0.3)), good((0.1, 0.1))]
     c = client(fake_llm)
     assert c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
     kinds = [r.get("response_format", {}).get("type") for r in fake_llm.requests]
     assert kinds == ["json_schema", "json_object", None]
+    # a new client for the same server starts with the format that worked
+    c2 = client(fake_llm)
+    assert c2.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
+    assert "response_format" not in fake_llm.requests[-1] and c2.stats.calls == 1
 
 
 def test_llm_pso_replaces_k_worst_and_resets_velocity(fake_llm):
