@@ -145,6 +145,9 @@ class LLMPSOCallback(Callback):
             kwargs["llm"] = llm if llm is not None else LLMClient()
         elif llm is not None:
             raise ValueError(f"LLMPSOCallback: llm= given but strategy {strategy!r} uses no LLM")
+        if strategy.lower().replace("-", "_") in ("ga", "llm_ga"):
+            # scores go stale as training moves on: parents are re-scored every decision
+            kwargs.setdefault("reevaluate_parents", True)
         # make_strategy validates the name and the strategy arguments with clear errors
         self.strategy = make_strategy(strategy, space, population=population, seed=seed, **kwargs)
         self.space = space
@@ -278,22 +281,7 @@ class LLMPSOCallback(Callback):
         # The first decision may start from the optimizer's own values.
         current = {k: opt.param_groups[0][k] for k in self.space.names}
 
-        # -- rank 0 draws the candidates (the only rank that may call the LLM) -------------
-        candidates: list[dict[str, Any]] | None = None
-        if trainer.is_global_zero:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                candidates = self.strategy.ask()
-            for w in caught:
-                rank_zero_warn(str(w.message))
-            if self.include_current and self.decisions == 0 and self.strategy.iteration == 0:
-                try:
-                    candidates[0] = self.strategy.replace_pending(0, current)
-                except (TypeError, ValueError, KeyError):
-                    pass  # current value outside the space's types: keep the drawn one
-        candidates = strategy.broadcast(candidates, src=0)
-
-        # -- probes from one snapshot, on every rank ----------------------------------------
+        # -- batches and a snapshot first (nothing is asked if there is nothing to probe) ---
         model_state = copy.deepcopy(pl_module.state_dict())
         opt_state = copy.deepcopy(opt.state_dict())
         cpu_rng = torch.get_rng_state()
@@ -312,7 +300,24 @@ class LLMPSOCallback(Callback):
         eval_b = [strategy.batch_to_device(b) for b in eval_b]
         if not train_b or not eval_b:
             rank_zero_warn("LLMPSOCallback: no batches to probe with; skipping this decision")
+            torch.set_rng_state(cpu_rng)
             return
+
+        # -- rank 0 draws the candidates (the only rank that may call the LLM) -------------
+        candidates: list[dict[str, Any]] | None = None
+        if trainer.is_global_zero:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                candidates = self.strategy.ask()
+            for w in caught:
+                rank_zero_warn(str(w.message))
+            if self.include_current and self.decisions == 0 and self.strategy.iteration == 0:
+                try:
+                    candidates[0] = self.strategy.replace_pending(0, current)
+                except (TypeError, ValueError, KeyError):
+                    pass  # current value outside the space's types: keep the drawn one
+        candidates = strategy.broadcast(candidates, src=0)
+
         scores: list[float] = []
         try:
             with _no_logging(pl_module):
