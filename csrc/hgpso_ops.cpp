@@ -100,28 +100,6 @@ void check_inputs(TensorList positions, TensorList velocities, TensorList pbests
   }
 }
 
-Hyper make_hyper(int64_t seed, int64_t offset, double lr, double inertia, double cognitive,
-                 double social, std::optional<double> max_velocity) {
-  Hyper h{};
-  h.lr = static_cast<float>(lr);
-  h.inertia = static_cast<float>(inertia);
-  h.cognitive = static_cast<float>(cognitive);
-  h.social = static_cast<float>(social);
-  h.clamp = max_velocity.has_value() ? 1 : 0;
-  h.max_velocity = max_velocity.has_value() ? static_cast<float>(*max_velocity) : 0.0f;
-  const auto s = static_cast<uint64_t>(seed);
-  const auto o = static_cast<uint64_t>(offset);
-  h.key0 = static_cast<uint32_t>(s);
-  h.key1 = static_cast<uint32_t>(s >> 32);
-  h.off0 = static_cast<uint32_t>(o);
-  h.off1 = static_cast<uint32_t>(o >> 32);
-  return h;
-}
-
-uint64_t round_up_base(int64_t numel) {
-  return static_cast<uint64_t>((numel + kBaseAlign - 1) / kBaseAlign * kBaseAlign);
-}
-
 // ------------------------------------------------------------------------------- CPU twin
 template <typename T>
 void cpu_one(const Tensor& x_t, const Tensor& v_t, const Tensor& p_t, const Tensor& g_t,
@@ -163,7 +141,7 @@ void fused_update_cpu(TensorList positions, TensorList velocities, TensorList pb
   check_inputs(positions, velocities, pbests, gbests, grads, r1, r2);
   const bool with_grad = !grads.empty() && lr != 0.0;
   const Hyper h = make_hyper(seed, offset, with_grad ? lr : 0.0, inertia, cognitive, social,
-                             max_velocity);
+                             max_velocity.has_value(), max_velocity.value_or(0.0));
   uint64_t base = 0;
   for (size_t k = 0; k < positions.size(); ++k) {
     const Tensor* grad = with_grad ? &grads[k] : nullptr;
@@ -186,8 +164,6 @@ void fused_update_cpu(TensorList positions, TensorList velocities, TensorList pb
 }
 
 // ------------------------------------------------------------------------------------ CUDA
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 void fused_update_cuda(TensorList positions, TensorList velocities, TensorList pbests,
                        TensorList gbests, TensorList grads, TensorList r1, TensorList r2,
                        int64_t seed, int64_t offset, double lr, double inertia, double cognitive,
@@ -197,62 +173,49 @@ void fused_update_cuda(TensorList positions, TensorList velocities, TensorList p
   const bool with_grad = !grads.empty() && lr != 0.0;
   const bool given = !r1.empty();
   const Hyper h = make_hyper(seed, offset, with_grad ? lr : 0.0, inertia, cognitive, social,
-                             max_velocity);
-  // random-stream bases over the whole list, whatever the dtypes
-  std::vector<uint64_t> bases(positions.size());
+                             max_velocity.has_value(), max_velocity.value_or(0.0));
+  // raw arguments, with random-stream bases over the whole list whatever the dtypes
+  std::vector<TensorArgs> args(positions.size());
   uint64_t base = 0;
   for (size_t k = 0; k < positions.size(); ++k) {
-    bases[k] = base;
-    base += round_up_base(positions[k].numel());
+    TensorArgs& a = args[k];
+    a.numel = positions[k].numel();
+    a.n_particles = positions[k].size(0);
+    a.base = base;
+    base += round_up_base(a.numel);
+    if (a.numel == 0) continue;
+    a.x = positions[k].data_ptr();
+    a.v = velocities[k].data_ptr();
+    a.p = pbests[k].const_data_ptr();
+    a.g = gbests[k].const_data_ptr();
+    a.grad = with_grad ? grads[k].const_data_ptr() : nullptr;
+    a.r1 = given ? r1[k].const_data_ptr() : nullptr;
+    a.r2 = given ? r2[k].const_data_ptr() : nullptr;
   }
-  const int64_t max_tiles = std::numeric_limits<int32_t>::max();
   const c10::cuda::CUDAGuard guard(positions[0].device());
   void* stream = c10::cuda::getCurrentCUDAStream().stream();
 
   // one sequence of launches per dtype present (a launch is typed)
   for (const at::ScalarType st : {at::kFloat, at::kHalf, at::kBFloat16}) {
-    const DType dtype = to_dtype(st);
-    const int elem_size = static_cast<int>(c10::elementSize(st));
-    const int vec = 16 / elem_size;
-    const int64_t tile = tile_elements(elem_size);
-    LaunchMeta meta{};
-    auto flush = [&]() {
-      if (meta.count > 0) {
-        const int err = launch_fused_update(meta, h, dtype, given, with_grad, stream);
-        TORCH_CHECK(err == 0, "hgpso::fused_update_: kernel launch failed: ",
-                    cuda_error_string(err));
-      }
-      meta.count = 0;
-      meta.total_tiles = 0;
-    };
+    std::vector<TensorArgs> typed;
+    std::vector<size_t> index;
     for (size_t k = 0; k < positions.size(); ++k) {
-      if (positions[k].scalar_type() != st) continue;
-      const int64_t numel = positions[k].numel();
-      if (numel == 0) continue;
-      const int64_t tiles = (numel + tile - 1) / tile;
-      TORCH_CHECK(tiles <= max_tiles, "hgpso::fused_update_: tensor ", k, " is too large (",
-                  numel, " elements)");
-      if (meta.count == kMaxTensorsPerLaunch || meta.total_tiles + tiles > max_tiles) flush();
-      TensorMeta& tm = meta.t[meta.count++];
-      tm.x = positions[k].data_ptr();
-      tm.v = velocities[k].data_ptr();
-      tm.p = pbests[k].const_data_ptr();
-      tm.g = gbests[k].const_data_ptr();
-      tm.grad = with_grad ? grads[k].const_data_ptr() : nullptr;
-      tm.r1 = given ? r1[k].const_data_ptr() : nullptr;
-      tm.r2 = given ? r2[k].const_data_ptr() : nullptr;
-      tm.numel = numel;
-      tm.row = numel / positions[k].size(0);
-      tm.base = bases[k];
-      tm.tile_begin = meta.total_tiles;
-      bool ok = aligned16(tm.x) && aligned16(tm.v) && aligned16(tm.p);
-      ok = ok && (!with_grad || aligned16(tm.grad));
-      ok = ok && (!given || (aligned16(tm.r1) && aligned16(tm.r2)));
-      tm.vec_ok = ok ? 1 : 0;
-      tm.g_vec_ok = (tm.row % vec == 0 && aligned16(tm.g)) ? 1 : 0;
-      meta.total_tiles += tiles;
+      if (positions[k].scalar_type() == st) {
+        typed.push_back(args[k]);
+        index.push_back(k);
+      }
     }
-    flush();
+    if (typed.empty()) continue;
+    const DType dtype = to_dtype(st);
+    const int64_t too_large = plan_launches(
+        typed.data(), static_cast<int64_t>(typed.size()),
+        static_cast<int>(c10::elementSize(st)), [&](const LaunchMeta& meta) {
+          const int err = launch_fused_update(meta, h, dtype, given, with_grad, stream);
+          TORCH_CHECK(err == 0, "hgpso::fused_update_: kernel launch failed: ",
+                      cuda_error_string(err));
+        });
+    TORCH_CHECK(too_large < 0, "hgpso::fused_update_: tensor ",
+                too_large < 0 ? 0 : index[too_large], " is too large for one launch");
   }
 }
 

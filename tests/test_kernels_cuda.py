@@ -126,6 +126,10 @@ AWKWARD = [
     [(4, 64, 33)],
     [(2, 8), (3, 0, 2), (1, 12)],
     [(3, 2**16 + 5)],
+    # column layout (aligned, particle length a multiple of the vector width, >= one block
+    # wide): several particle groups of 16, a partial last column tile
+    [(37, 2052)],
+    [(19, 4104), (33, 1024)],
 ]
 
 
@@ -183,7 +187,7 @@ def test_non_contiguous_inputs_are_written_back():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("misalign", [0, 1], ids=["aligned", "misaligned"])
 def test_low_precision_parameters_float32_math(dtype, misalign):
-    s, guards = _make([(4, 1037), (3, 64)], dtype=dtype, misalign=misalign)
+    s, guards = _make([(4, 1037), (3, 64), (19, 4104)], dtype=dtype, misalign=misalign)
     ref = _reference(s, upcast=True)  # float32 math on the same inputs
     _fused(s)
     eps = torch.finfo(dtype).eps

@@ -35,7 +35,7 @@ NAME = "hgpso_fused"
 OP = "hgpso::fused_update_"
 DEFAULT_ARCH = "9.0"
 SOURCES = ("hgpso_ops.cpp", "hgpso_update_kernel.cu")
-HEADERS = ("hgpso_update.h", "philox.h")
+HEADERS = ("hgpso_update.h", "hgpso_update_kernel.cuh", "philox.h")
 
 _LOCK = threading.RLock()
 _LOADED: str | None = None  # path of the library loaded into this process
