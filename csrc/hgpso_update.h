@@ -1,6 +1,7 @@
 // Shared definitions of the fused HG-PSO update: the per-element math (host and device), the
-// launch metadata, and the CUDA launcher's entry point. Deliberately free of any PyTorch
-// header so that the .cu translation unit compiles in seconds.
+// launch metadata and its planning (plan_launches, shared by the CUDA entry point and the CPU
+// emulation in csrc/testing), and the CUDA launcher's entry point. Deliberately free of any
+// PyTorch header so that the .cu translation unit compiles in seconds.
 //
 // Per element, in float32 whatever the storage dtype, in the order of
 // hgpso.functional.hgpso_update_ (so results agree to rounding):
