@@ -38,17 +38,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _adam_step(model, opt, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
+def _closure_step(model, opt, x, y):
+    """One step of any optimizer with a standard closure (Adam, or HGPSO's closure path)."""
 
-    opt.step(closure)
-
-
-def _hgpso_closure_step(model, opt, x, y):
     def closure():
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
@@ -66,11 +58,11 @@ def _make_cases(device: torch.device, n: int, batch: int, strategies: list[str])
 
     adam_model = FashionCNN().to(device)
     adam = torch.optim.Adam(adam_model.parameters(), lr=1e-3)
-    cases["adam"] = lambda: _adam_step(adam_model, adam, x, y)
+    cases["adam"] = lambda: _closure_step(adam_model, adam, x, y)
 
     cl_model = FashionCNN().to(device)
     cl_opt = hgpso.HGPSO(cl_model.parameters(), num_particles=n, seed=0)
-    cases["closure"] = lambda: _hgpso_closure_step(cl_model, cl_opt, x, y)
+    cases["closure"] = lambda: _closure_step(cl_model, cl_opt, x, y)
 
     for strategy in strategies:
         vec_model = FashionCNN().to(device)

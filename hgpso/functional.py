@@ -143,9 +143,12 @@ def accept_personal_bests_(
         pbest_losses.add_(gap, alpha=forget)
     improved = valid & (losses <= pbest_losses)
     pbest_losses.copy_(torch.where(improved, losses, pbest_losses))
-    for x, p in zip(positions, pbests, strict=True):
-        mask = improved.view((-1,) + (1,) * (x.dim() - 1)).to(x.device)
-        p.copy_(torch.where(mask, x, p))
+    rows = improved.nonzero().flatten()
+    if rows.numel() == improved.numel():  # every particle improved: plain copies
+        torch._foreach_copy_(list(pbests), list(positions))
+    elif rows.numel():
+        for x, p in zip(positions, pbests, strict=True):
+            p.index_copy_(0, rows.to(p.device), x.index_select(0, rows.to(x.device)))
     return improved
 
 
@@ -153,18 +156,16 @@ def perturb_(
     targets: Sequence[Tensor],
     centers: Sequence[Tensor],
     spread: float,
-    generator: torch.Generator | None,
+    noises: Sequence[Tensor],
 ) -> None:
-    r"""Set each ``targets[k]`` to ``centers[k] + spread * ε``, :math:`ε \sim \mathcal N(0, 1)`.
+    r"""Set each ``targets[k]`` to ``centers[k] + spread * noises[k]``, in place.
 
-    ``targets[k]`` has shape ``(M, *shape)``, ``centers[k]`` shape ``shape`` (broadcast). The
-    noise comes from ``generator`` so the swarm stays reproducible.
+    ``targets[k]`` and ``noises[k]`` have shape ``(M, *shape)`` (the noise is standard normal
+    in the optimizer), ``centers[k]`` shape ``shape`` (broadcast over the first dimension).
     """
-    for t, c in zip(targets, centers, strict=True):
-        if t.numel() == 0:
-            continue
-        noise = torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
-        t.copy_(c.unsqueeze(0) + spread * noise)
+    _check_lists(targets=targets, centers=centers, noises=noises)
+    for t, c, e in zip(targets, centers, noises, strict=True):
+        torch.add(c.unsqueeze(0), e.to(device=t.device, dtype=t.dtype), alpha=spread, out=t)
 
 
 def success_adaptive_coefficients(

@@ -126,16 +126,15 @@ def _closure(opt, model, x, y):
 
 def test_fused_true_on_cpu_parameters_raises_clearly(tiny_problem):
     """Without the kernel the constructor refuses (the cause is the stored error); with it
-    (a CUDA machine) a step on CPU parameters refuses, naming the device."""
-    model, x, y = tiny_problem
+    (a CUDA machine) the constructor refuses CPU parameters, naming the device."""
+    model, _, _ = tiny_problem
     if not kernels.is_available():
         with pytest.raises(RuntimeError, match="fused=True") as info:
             HGPSO(model.parameters(), fused=True)
         assert info.value.__cause__ is kernels.load_error()
         return
-    opt = HGPSO(model.parameters(), num_particles=2, fused=True)
-    with pytest.raises(RuntimeError, match="CUDA tensors only"):
-        opt.step(_closure(opt, model, x, y))
+    with pytest.raises(ValueError, match="fused=True needs CUDA parameters"):
+        HGPSO(model.parameters(), num_particles=2, fused=True)
 
 
 @pytest.mark.parametrize("fused", [None, False])

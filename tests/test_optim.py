@@ -11,6 +11,7 @@ from torch import nn
 
 import hgpso
 from hgpso import HGPSO, PSO
+from hgpso.optim.random import SwarmRandom
 from tests.conftest import TinyNet
 
 
@@ -52,12 +53,12 @@ def test_first_step_replays_the_documented_update():
 
     opt.step(closure)
 
-    g = torch.Generator().manual_seed(seed)
+    rng = SwarmRandom(torch.device("cpu"), seed)
     x = theta0.repeat(n, 1)
-    x[1:] = theta0 + spread * torch.randn((n - 1, 3), generator=g)
-    torch.randint(0, 2**62, (), generator=g)  # kernel seed draw
-    r1 = torch.rand((n, 3), generator=g)
-    r2 = torch.rand((n, 3), generator=g)
+    x[1:] = theta0 + spread * rng.normal((n - 1, 3), torch.float32)
+    rng.integer()  # the fused kernel's seed
+    r1 = rng.uniform((n, 3), torch.float32)
+    r2 = rng.uniform((n, 3), torch.float32)
     losses = 0.5 * ((x - c) ** 2).sum(1)
     best = int(losses.argmin())
     grad = x - c
@@ -413,3 +414,21 @@ def test_seed_none_follows_torch_manual_seed(tiny_problem):
         out.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*out, strict=True):
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- random stream
+def test_swarm_random_is_seeded_resumable_and_uniform():
+    a = SwarmRandom(torch.device("cpu"), 5)
+    b = SwarmRandom(torch.device("cpu"), 5)
+    assert torch.equal(a.uniform((3, 4), torch.float32), b.uniform((3, 4), torch.float32))
+    state = a.get_state()
+    first = a.uniform((1000,), torch.float64)
+    a.set_state(state)
+    assert torch.equal(a.uniform((1000,), torch.float64), first)
+    u = a.uniform((200_000,), torch.float32)
+    assert u.dtype == torch.float32 and 0.0 <= u.min() and u.max() < 1.0
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    z = a.normal((200_000,), torch.bfloat16)
+    assert z.dtype == torch.bfloat16 and abs(z.float().std().item() - 1.0) < 0.01
+    with pytest.raises(ValueError, match="same kind of device"):
+        a.set_state({"kind": "torch", "state": torch.zeros(1)})

@@ -11,9 +11,10 @@ State layout (the single definition of it):
     and device; row ``i`` is particle ``i``.
 ``optimizer.state["swarm"]`` (one per optimizer, since a particle spans all groups):
     ``step`` (int), ``pbest_losses`` (``(N,)`` float32 on the parameters' device),
-    ``gbest_index`` (int), ``gbest_loss`` (float), ``rng_state`` (the generator's state,
-    refreshed by :meth:`state_dict`), ``kernel_seed`` (int, for the fused kernel's
-    counter-based randoms), ``success_rate``, ``loss_ema``, ``best_loss_ema`` (floats),
+    ``gbest_index`` (int), ``gbest_loss`` (float), ``rng_state`` (the state of the swarm's
+    :class:`~hgpso.optim.random.SwarmRandom`, refreshed by :meth:`state_dict`),
+    ``kernel_seed`` (int, for the fused kernel's counter-based randoms), ``success_rate``,
+    ``loss_ema``, ``best_loss_ema`` (floats),
     ``steps_since_improvement`` (int), ``lr_scale`` (float), ``nan_reseeds`` (int),
     ``evaluations`` (int: forward passes spent).
 """
@@ -32,6 +33,7 @@ from torch.optim import Optimizer
 from hgpso import functional as F
 from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
+from hgpso.optim.random import SwarmRandom
 
 __all__ = ["SwarmOptimizer"]
 
@@ -118,7 +120,7 @@ class SwarmOptimizer(Optimizer):
         self.min_lr_scale = float(min_lr_scale)
         self.seed = seed
         self.fused = fused
-        self._generator: torch.Generator | None = None
+        self._random: SwarmRandom | None = None
         devices = {p.device for p in self._trainable()}
         if len(devices) > 1:
             raise ValueError(
@@ -130,6 +132,11 @@ class SwarmOptimizer(Optimizer):
                 "fused=True but the fused HG-PSO kernel is unavailable "
                 "(run `python -m hgpso.kernels --build` for details)"
             ) from kernels.load_error()
+        if fused and self._device().type != "cuda":
+            raise ValueError(
+                f"fused=True needs CUDA parameters, but they are on {self._device()}; "
+                "use fused=None (the default) or fused=False"
+            )
 
     # ----------------------------------------------------------------- validation
     def _validate_value(self, key: str, value: Any) -> None:
@@ -142,7 +149,7 @@ class SwarmOptimizer(Optimizer):
         for key, value in param_group.items():
             if key != "params":
                 self._validate_value(key, value)
-        if getattr(self, "_generator", None) is not None or _SWARM in self.state:
+        if getattr(self, "_random", None) is not None or _SWARM in self.state:
             raise RuntimeError(
                 "cannot add a param group after the swarm was created: every particle must "
                 "cover the same parameters from the first step on"
@@ -160,23 +167,18 @@ class SwarmOptimizer(Optimizer):
     def _group_tensors(self, group: dict[str, Any], key: str) -> list[Tensor]:
         return [self.state[p][key] for p in group["params"] if p.requires_grad]
 
-    @property
-    def _param_index(self) -> dict[int, int]:
-        return {id(p): i for i, p in enumerate(self._trainable())}
-
     def _all(self, key: str) -> list[Tensor]:
         return [self.state[p][key] for p in self._trainable()]
 
     @property
-    def generator(self) -> torch.Generator:
-        """The swarm's own random stream (positions, ``r1``, ``r2``, re-seeding)."""
-        if self._generator is None:
-            self._generator = torch.Generator(device=self._device())
+    def random(self) -> SwarmRandom:
+        """The swarm's own random stream (initial scatter, ``r1``, ``r2``, re-seeding)."""
+        if self._random is None:
             seed = self.seed
             if seed is None:  # follow torch.manual_seed, like torch's own initialisers
                 seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-            self._generator.manual_seed(seed)
-        return self._generator
+            self._random = SwarmRandom(self._device(), seed)
+        return self._random
 
     @property
     def swarm(self) -> dict[str, Any]:
@@ -187,7 +189,7 @@ class SwarmOptimizer(Optimizer):
     def _init_swarm(self) -> None:
         if _SWARM in self.state:
             return
-        g = self.generator
+        rng = self.random
         n = self.num_particles
         with torch.no_grad():
             for group in self.param_groups:
@@ -198,7 +200,8 @@ class SwarmOptimizer(Optimizer):
                         raise RuntimeError("HGPSO does not support sparse parameters")
                     position = p.detach().unsqueeze(0).repeat((n,) + (1,) * p.dim())
                     # particle 0 is the model as given; the others scatter around it
-                    F.perturb_([position[1:]], [p.detach()], group["init_spread"], g)
+                    noise = rng.normal((n - 1, *p.shape), p.dtype)
+                    F.perturb_([position[1:]], [p.detach()], group["init_spread"], [noise])
                     self.state[p] = {
                         "position": position,
                         "velocity": torch.zeros_like(position),
@@ -210,7 +213,7 @@ class SwarmOptimizer(Optimizer):
             "gbest_index": 0,
             "gbest_loss": math.inf,
             "rng_state": None,
-            "kernel_seed": int(torch.randint(0, 2**62, (), generator=g, device=g.device)),
+            "kernel_seed": rng.integer(),
             "success_rate": 0.5,
             "loss_ema": None,
             "best_loss_ema": math.inf,
@@ -323,9 +326,16 @@ class SwarmOptimizer(Optimizer):
         valid = torch.isfinite(losses)
         if grads is not None:
             for g in grads:
-                valid &= torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
-            for g in grads:  # keep the invalid particles' garbage out of the arithmetic
-                g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
+                flat = g.reshape(g.shape[0], -1)
+                # a NaN/inf element always makes the row sum non-finite; only a row whose
+                # finite elements overflow the sum needs the exact (8x dearer) check
+                row_ok = torch.isfinite(flat.sum(1))
+                if not bool(row_ok.all()):
+                    row_ok = torch.isfinite(flat).all(1)
+                valid &= row_ok
+            if not bool(valid.all()):  # keep invalid particles' garbage out of the arithmetic
+                for g in grads:
+                    g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
 
         improved = F.accept_personal_bests_(
             positions,
@@ -413,9 +423,9 @@ class SwarmOptimizer(Optimizer):
                 max_velocity=max_velocity,
             )
             return
-        g = self.generator
-        r1 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
-        r2 = [torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) for x in positions]
+        rng = self.random
+        r1 = [rng.uniform(x.shape, x.dtype) for x in positions]
+        r2 = [rng.uniform(x.shape, x.dtype) for x in positions]
         F.hgpso_update_(
             positions,
             velocities,
@@ -434,7 +444,8 @@ class SwarmOptimizer(Optimizer):
     def _reseed(self, bad: Tensor, gbests: list[Tensor]) -> None:
         """Put non-finite particles back near the global best, at rest."""
         idx = bad.nonzero().flatten()
-        g = self.generator
+        rng = self.random
+        index = {id(p): i for i, p in enumerate(self._trainable())}
         # one pass in parameter order, so the random stream is deterministic
         for group in self.param_groups:
             for p in group["params"]:
@@ -442,7 +453,8 @@ class SwarmOptimizer(Optimizer):
                     continue
                 st = self.state[p]
                 fresh = torch.empty_like(st["position"][idx])
-                F.perturb_([fresh], [gbests[self._param_index[id(p)]]], group["init_spread"], g)
+                noise = rng.normal(tuple(fresh.shape), fresh.dtype)
+                F.perturb_([fresh], [gbests[index[id(p)]]], group["init_spread"], [noise])
                 st["position"][idx] = fresh
                 st["velocity"][idx] = 0.0
 
@@ -469,7 +481,7 @@ class SwarmOptimizer(Optimizer):
     # --------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
         if _SWARM in self.state:
-            self.state[_SWARM]["rng_state"] = self.generator.get_state()
+            self.state[_SWARM]["rng_state"] = self.random.get_state()
         sd = super().state_dict()
         if _SWARM in sd["state"]:  # a snapshot, not the live dict the next step mutates
             sd["state"][_SWARM] = copy.deepcopy(sd["state"][_SWARM])
@@ -491,4 +503,4 @@ class SwarmOptimizer(Optimizer):
         swarm["pbest_losses"] = swarm["pbest_losses"].to(self._device(), torch.float32)
         self.state[_SWARM] = swarm
         if swarm.get("rng_state") is not None:
-            self.generator.set_state(swarm["rng_state"].cpu())
+            self.random.set_state(swarm["rng_state"])
