@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -382,7 +383,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
         finals = [r["final_train_loss"] for r in runs if r["optimizer"] == o]
         ax.scatter([i] * len(finals), finals, color="black", marker="D", s=18, zorder=3)
     ax.set_ylabel("training loss")
-    ax.set_title(f"{ds}: last-10% mini-batch losses (box), final full-train loss (◆)")
+    ax.set_title(f"{ds}: last-10% mini-batch losses (box), final training loss per seed (◆)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(fig_dir / "final_loss_box.png", dpi=110)
@@ -436,6 +437,6 @@ def write_outputs(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # parallel shards never clash
     tmp.write_text(text)
     tmp.replace(path)

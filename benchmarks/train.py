@@ -62,6 +62,7 @@ _HP_TYPES = {
     "social": float,
     "max_velocity": _none_or_float,
     "init_spread": float,
+    "forget": float,
     "adaptive": _bool,
 }
 
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{o} seed {s}")
         record = train_one(args, dm, o, s, config)
-        tmp = path.with_suffix(".json.tmp")
+        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(path)
         runs.append(record)
@@ -445,8 +446,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{record['steps_to_threshold']}, {record['wall_seconds']:.1f} s",
             flush=True,
         )
-        write_outputs(runs, meta, out, figures=not args.no_figures)
-    if not todo and runs:
+        # refresh the aggregates now (figures too, unless runs are quick: they are redrawn
+        # once at the end anyway)
+        slow = record["total_seconds"] > 30
+        write_outputs(runs, meta, out, figures=slow and not args.no_figures)
+    if runs:
         write_outputs(runs, meta, out, figures=not args.no_figures)
     print(f"results in {out}/ (summary.json, runs.csv, report.md, figures/)")
     return 0
