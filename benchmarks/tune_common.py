@@ -45,7 +45,8 @@ def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: f
 
 
 def _q(values: list[float], q: float) -> float | None:
-    v = float(np.percentile(np.array(values, dtype=float), q))
+    with np.errstate(invalid="ignore"):
+        v = float(np.percentile(np.array(values, dtype=float), q))
     return v if math.isfinite(v) else None
 
 

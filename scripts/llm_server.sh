@@ -97,13 +97,18 @@ free_port() {
 
 cmd_start() {
     mkdir -p "$CACHE"
-    if pid_alive && [[ -f "$ENV_FILE" ]] && probe "$(base_url)" 5; then
-        log "already running (pid $(cat "$PID_FILE"))"
-        cat "$ENV_FILE"
-        return 0
+    have_packages || die "packages missing for $PYTHON: run 'bash scripts/llm_server.sh install' first"
+    if pid_alive && [[ -f "$ENV_FILE" ]]; then
+        # A server of ours is running; it may be busy with a long generation, so give it the
+        # bounded health wait before deciding it is broken (never kill a busy server).
+        if (cmd_health) 2>/dev/null; then
+            log "already running (pid $(cat "$PID_FILE"))"
+            cat "$ENV_FILE"
+            return 0
+        fi
+        log "running server is not healthy: restarting it"
     fi
     cmd_stop_quiet
-    have_packages || die "packages missing: run 'bash scripts/llm_server.sh install' first"
     [[ -f "$MODEL_FILE" ]] || cmd_install
     local port="${HGPSO_LLM_PORT:-$(free_port)}"
     local threads="${HGPSO_LLM_THREADS:-$(nproc)}"

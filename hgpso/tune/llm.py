@@ -102,7 +102,7 @@ def extract_json(text: str) -> Any:
 
 
 def points_schema(space: SearchSpace, k: int) -> dict[str, Any]:
-    """JSON schema of the answer: ``{"points": [{name: value, ...}, ...]}`` (at most k)."""
+    """JSON schema of the answer: ``{"points": [{name: value, ...}, ...]}`` with exactly k."""
     props: dict[str, Any] = {}
     for name, p in space.items():
         if p.kind == "float":
@@ -120,7 +120,7 @@ def points_schema(space: SearchSpace, k: int) -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "properties": {"points": {"type": "array", "items": point, "minItems": 1, "maxItems": k}},
+        "properties": {"points": {"type": "array", "items": point, "minItems": k, "maxItems": k}},
         "required": ["points"],
         "additionalProperties": False,
     }
@@ -346,6 +346,12 @@ class LLMClient:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
+                # llama-cpp-python answers an unknown response_format with a 500 whose body
+                # names the field: treat it like a 400 and downgrade.
+                if rf is not None and len(self._formats) > 1 and "response_format" in str(e):
+                    self._formats.pop(0)
+                    _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
+                    continue
                 if e.status_code is not None and e.status_code < 500:
                     break
                 time.sleep(min(self.backoff * 2**attempt, 10.0) * 0.1)

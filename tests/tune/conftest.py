@@ -56,7 +56,8 @@ class FakeLLM:
     """A scripted OpenAI-compatible server on 127.0.0.1 in a thread.
 
     ``script`` is a list of replies consumed one per request: ``("ok", content)``,
-    ``("status", code)``, ``("sleep", seconds)`` (answers too late) or ``("raw", bytes)``.
+    ``("status", code)``, ``("error", (code, message))``, ``("sleep", seconds)`` (answers
+    too late) or ``("raw", bytes)``.
     When the script is empty the ``default`` reply is used. Requests are recorded.
     """
 
@@ -84,6 +85,9 @@ class FakeLLM:
                     code = 200
                 elif kind == "raw":
                     payload, code = arg, 200
+                elif kind == "error":  # ("error", (code, message))
+                    code, msg = arg
+                    payload = json.dumps({"error": {"message": msg}}).encode()
                 else:
                     payload = json.dumps({"error": {"message": f"scripted {arg}"}}).encode()
                     code = arg

@@ -76,6 +76,16 @@ def test_bad_request_downgrades_response_format(fake_llm):
     assert "response_format" not in fake_llm.requests[-1] and c2.stats.calls == 1
 
 
+def test_llama_cpp_style_500_on_response_format_downgrades(fake_llm):
+    msg = "1 validation error: ('body', 'response_format', 'type') Input should be 'text'"
+    fake_llm.script = [("status", 500), ("error", (500, msg)), good((0.3, 0.3))]
+    c = client(fake_llm, max_retries=2)
+    assert c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
+    kinds = [r.get("response_format", {}).get("type") for r in fake_llm.requests]
+    # a plain 500 is retried with the same format, one naming response_format downgrades
+    assert kinds == ["json_schema", "json_schema", "json_object"]
+
+
 def test_llm_pso_replaces_k_worst_and_resets_velocity(fake_llm):
     fake_llm.default = good((0.01, 0.02), (-0.03, 0.04), (0.5, 0.5))
     st = LLMPSO(SPACE, population=6, seed=0, llm=client(fake_llm), k=2)
