@@ -57,6 +57,7 @@ __all__ = [
     "load_error",
     "load_library",
     "loaded_path",
+    "supports_device",
 ]
 
 #: Tests only: let CPU tensors through to the op's CPU twin (same stream and math, slow),
@@ -108,6 +109,11 @@ def load_error() -> BaseException | None:
     """Why the fused kernel is unavailable (``None`` when it is available)."""
     _detect()
     return _LOAD_ERROR
+
+
+def supports_device(device: torch.device) -> bool:
+    """Whether the fused op accepts tensors on ``device`` (CUDA; tests may allow the CPU twin)."""
+    return torch.device(device).type == "cuda" or _ALLOW_CPU_TWIN
 
 
 def _require() -> None:
@@ -164,7 +170,7 @@ def fused_hgpso_update_(
     if n == 0:
         return
     for t in positions:
-        if t.device.type != "cuda" and not _ALLOW_CPU_TWIN:
+        if not supports_device(t.device):
             raise RuntimeError(
                 f"the fused HG-PSO kernel runs on CUDA tensors only, got a tensor on "
                 f"{t.device}; use fused=None (automatic) or fused=False for parameters "

@@ -132,7 +132,7 @@ class SwarmOptimizer(Optimizer):
                 "fused=True but the fused HG-PSO kernel is unavailable "
                 "(run `python -m hgpso.kernels --build` for details)"
             ) from kernels.load_error()
-        if fused and self._device().type != "cuda":
+        if fused and not kernels.supports_device(self._device()):
             raise ValueError(
                 f"fused=True needs CUDA parameters, but they are on {self._device()}; "
                 "use fused=None (the default) or fused=False"
