@@ -125,12 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
         for n in args.particles:
             t = measure(device, n, args.batch_size, args.repeats, ["loop", "vmap"])
             adam = t["adam"]
-            auto = hgpso.VectorizedClosure.resolved_strategy(
-                hgpso.vectorized_closure(
-                    torch.nn.Identity(), F.mse_loss, torch.zeros(1), torch.zeros(1)
-                ),
-                device,
+            probe = hgpso.vectorized_closure(
+                torch.nn.Identity(), F.mse_loss, torch.zeros(1), torch.zeros(1)
             )
+            auto = probe.resolved_strategy(device, n)
             row = {
                 "device": dev,
                 "particles": n,

@@ -190,3 +190,20 @@ def test_vectorized_closure_arguments_are_checked(kwargs, match):
             torch.zeros(2, dtype=torch.long),
             **kwargs,
         )
+
+
+def test_auto_strategy_follows_the_measured_rule():
+    vc = hgpso.vectorized_closure(
+        TinyNet(), F.cross_entropy, torch.randn(2, 6), torch.zeros(2, dtype=torch.long)
+    )
+    assert vc.resolved_strategy(torch.device("cpu"), 1) == "loop"
+    assert vc.resolved_strategy(torch.device("cpu"), 4) == "vmap"
+    assert vc.resolved_strategy(torch.device("cuda"), 1) == "vmap"
+    forced = hgpso.vectorized_closure(
+        TinyNet(),
+        F.cross_entropy,
+        torch.randn(2, 6),
+        torch.zeros(2, dtype=torch.long),
+        strategy="loop",
+    )
+    assert forced.resolved_strategy(torch.device("cuda"), 16) == "loop"
