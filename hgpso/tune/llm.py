@@ -302,8 +302,11 @@ class LLMClient:
         import openai
 
         last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
+        attempt = -1
+        negotiations = 0  # response_format downgrades do not use up a retry
+        while attempt - negotiations < self.max_retries:
+            attempt += 1
+            if attempt > negotiations:
                 self.stats.retries += 1
             kwargs: dict[str, Any] = {
                 "model": self.model,
@@ -329,6 +332,7 @@ class LLMClient:
                 if rf is not None and len(self._formats) > 1:
                     self._formats.pop(0)
                     _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
+                    negotiations += 1
                     continue
                 break
             except openai.RateLimitError as e:
@@ -351,6 +355,7 @@ class LLMClient:
                 if rf is not None and len(self._formats) > 1 and "response_format" in str(e):
                     self._formats.pop(0)
                     _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
+                    negotiations += 1
                     continue
                 if e.status_code is not None and e.status_code < 500:
                     break
