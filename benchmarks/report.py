@@ -229,7 +229,13 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "## Table 3: final training loss",
         "",
-        "Mean cross-entropy of the final weights over the whole training split (eval mode).",
+        "Mean cross-entropy of the final weights (eval mode) over "
+        + (
+            f"a fixed subset of {meta['final_loss_examples']} training examples."
+            if meta.get("final_loss_examples")
+            and meta["final_loss_examples"] < (meta.get("train_size") or 0)
+            else "the whole training split."
+        ),
         "",
         "| Optimizer | Final loss (measured) | Paper |",
         "|---|---|---|",

@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "threshold": args.threshold,
         "window": args.window,
+        "final_loss_examples": args.final_loss_examples,
         "eval_split": "holdout" if args.holdout else "test",
         "notes": args.notes,
     }
