@@ -348,6 +348,19 @@ def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return record if record.get("config") == config else None
 
 
+def _strip_notes(argv: list[str]) -> list[str]:
+    """The command line as recorded in the report, without the (long) --notes text."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--notes":
+            skip = True
+        elif not a.startswith("--notes="):
+            out.append(a)
+    return out
+
+
 def _quiet_lightning() -> None:
     import logging
 
@@ -394,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "dataset": args.dataset,
         "epochs": args.epochs,
-        "command": "hgpso-train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "hgpso-train "
+        + shlex.join(_strip_notes(sys.argv[1:] if argv is None else argv)),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "hardware": _hardware(args.device),
         "software": _software(),
