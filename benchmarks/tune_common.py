@@ -45,9 +45,12 @@ def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: f
 
 
 def _q(values: list[float], q: float) -> float | None:
-    with np.errstate(invalid="ignore"):
-        v = float(np.percentile(np.array(values, dtype=float), q))
-    return v if math.isfinite(v) else None
+    """Linear-interpolated percentile where +inf (not reached) is a legal value; None if inf."""
+    v = sorted(float(x) for x in values)
+    pos = q / 100 * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    out = v[lo] if lo == hi else v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return out if math.isfinite(out) else None
 
 
 def _calls_to(trace: list[float], target: float) -> float:

@@ -91,9 +91,12 @@ def run_one(args, d: int, strategy: str, seed: int) -> dict:
 
 
 def _q(values: list[float], q: float) -> float | None:
-    with np.errstate(invalid="ignore"):
-        v = float(np.percentile(np.array(values, dtype=float), q, method="linear"))
-    return None if not math.isfinite(v) else v
+    """Linear-interpolated percentile where +inf (not reached) is a legal value; None if inf."""
+    v = sorted(float(x) for x in values)
+    pos = q / 100 * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    out = v[lo] if lo == hi else v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return out if math.isfinite(out) else None
 
 
 def summarize(out: Path) -> dict:
