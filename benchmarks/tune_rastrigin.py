@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument(
+        "--seed-list",
+        type=int,
+        nargs="*",
+        default=None,
+        help="run exactly these seeds (e.g. a second worker from the top: 9 8 7)",
+    )
     p.add_argument("--strategies", nargs="+", default=[*PLAIN, *LLM])
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
@@ -208,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 "LLM strategies need --model/--base-url or HGPSO_LLM_* (see scripts/llm_server.sh)"
             )
         # plain strategies first (cheap), then LLM runs seed by seed so a partial run is balanced
-        jobs = [(d, s, k) for s in plain for d in args.dims for k in range(args.seeds)]
-        jobs += [(d, s, k) for k in range(args.seeds) for d in args.dims for s in llm]
+        seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
+        jobs = [(d, s, k) for s in plain for d in args.dims for k in seeds]
+        jobs += [(d, s, k) for k in seeds for d in args.dims for s in llm]
         for d, s, k in jobs:
             f = args.out / "runs" / f"{d}d" / s / f"seed{k}.json"
             if f.exists():
