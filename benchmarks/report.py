@@ -433,6 +433,13 @@ def write_outputs(
     runs: list[dict[str, Any]], meta: dict[str, Any], out: Path, figures: bool = True
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
+    finished = sorted(r["finished_at"] for r in runs if r.get("finished_at"))
+    if finished:
+        meta = {
+            **meta,
+            "date": f"runs finished {finished[0]} to {finished[-1]}; "
+            f"report written {meta.get('date', '')}",
+        }
     summary = summarize(runs, meta)
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_csv(runs, out / "runs.csv")
