@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             probe = hgpso.vectorized_closure(
                 torch.nn.Identity(), F.mse_loss, torch.zeros(1), torch.zeros(1)
             )
-            auto = probe.resolved_strategy(device, n)
+            auto = probe.resolved_strategy(device)
             row = {
                 "device": dev,
                 "particles": n,

@@ -179,18 +179,19 @@ def success_adaptive_coefficients(
 
     .. math::
         \begin{aligned}
-            w_t   &= w\,(0.5 + 0.5\,\bar s_t) \\
-            c_{1,t} &= c_1\,(0.5 + \bar s_t) \\
-            c_{2,t} &= c_2\,(1.5 - \bar s_t)
+            w_t     &= w\,(0.5 + 0.5\,\bar s_t) \\
+            c_{1,t} &= c_1\,(0.5 + 0.5\,\bar s_t) \\
+            c_{2,t} &= c_2\,(1.5 - 0.5\,\bar s_t)
         \end{aligned}
 
     :math:`\bar s_t \in [0, 1]` is an exponential moving average of the fraction of
-    particles that improved their personal best in a step. While particles keep improving
-    on their own, momentum and self-trust stay high (exploration); when few improve, the
-    swarm damps its momentum and leans on the global best (exploitation). At
-    :math:`\bar s = 0.5` the cognitive and social terms equal their base values.
+    particles that improved their personal best in a step (the optimizer starts it at 1).
+    While particles keep improving, every coefficient stays at its base value, so ``lr`` and
+    ``inertia`` act like SGD's learning rate and momentum; as success fades, momentum and
+    self-trust shrink toward half and the pull toward the global best grows by up to half
+    (exploitation of what the swarm has found).
     """
     if not math.isfinite(success_rate):
         raise ValueError(f"success_rate must be finite, got {success_rate}")
     s = min(max(success_rate, 0.0), 1.0)
-    return inertia * (0.5 + 0.5 * s), cognitive * (0.5 + s), social * (1.5 - s)
+    return inertia * (0.5 + 0.5 * s), cognitive * (0.5 + 0.5 * s), social * (1.5 - 0.5 * s)

@@ -108,15 +108,15 @@ def test_forget_lifts_stale_best_toward_current_loss():
 
 
 def test_success_adaptive_coefficients():
-    assert F.success_adaptive_coefficients(0.5, inertia=0.8, cognitive=1.0, social=2.0) == (
-        pytest.approx(0.6),
+    assert F.success_adaptive_coefficients(1.0, inertia=0.8, cognitive=1.0, social=2.0) == (
+        pytest.approx(0.8),
         pytest.approx(1.0),
         pytest.approx(2.0),
     )
-    assert F.success_adaptive_coefficients(1.0, inertia=0.8, cognitive=1.0, social=2.0) == (
-        pytest.approx(0.8),
-        pytest.approx(1.5),
-        pytest.approx(1.0),
+    assert F.success_adaptive_coefficients(0.5, inertia=0.8, cognitive=1.0, social=2.0) == (
+        pytest.approx(0.6),
+        pytest.approx(0.75),
+        pytest.approx(2.5),
     )
     assert F.success_adaptive_coefficients(0.0, inertia=0.8, cognitive=1.0, social=2.0) == (
         pytest.approx(0.4),

@@ -397,8 +397,8 @@ def test_non_adaptive_keeps_group_coefficients(tiny_problem):
     assert opt.effective_hyperparameters() == {
         "lr": 0.01,
         "inertia": 0.9,
-        "cognitive": 0.5,
-        "social": 0.5,
+        "cognitive": 0.1,
+        "social": 0.1,
     }
 
 

@@ -44,10 +44,10 @@ class VectorizedClosure:
     either with ``torch.func.functional_call`` and ``torch.func.grad_and_value`` mapped over
     the particle dimension by ``torch.func.vmap`` (``strategy="vmap"``), or by a Python loop
     that loads each particle into the model and runs ordinary autograd (``strategy="loop"``,
-    no function-transform overhead). ``"auto"`` picks ``vmap`` on CUDA and for two or more
-    particles, the loop for a single particle: on our 2-core CPU (torch 2.14, Fashion-MNIST
-    CNN, batch 128) vmap cost 0.62-0.77x N Adam steps at N = 4-16 against 0.71-0.90x for
-    the loop, and 1.35x against 0.96x at N = 1 (``python -m benchmarks.step_time``).
+    no function-transform overhead). ``"auto"`` picks ``vmap`` on CUDA and the loop on CPU:
+    on our 2-core CPU (torch 2.14, Fashion-MNIST CNN, batch 128, one thread) vmap cost
+    1.65-2.2x N Adam steps at N = 4-16 against 0.79-1.05x for the loop
+    (``python -m benchmarks.step_time --threads 1``).
     Dropout draws independent randomness for each particle. Parameters of ``model`` that
     the optimizer does not own (frozen ones) and all buffers are shared by every particle.
 
@@ -89,13 +89,11 @@ class VectorizedClosure:
         # the caller reads the request; the return value only feeds wrappers that log it
         return request.losses.min()
 
-    def resolved_strategy(
-        self, device: torch.device, num_particles: int = 2
-    ) -> Literal["vmap", "loop"]:
-        """The strategy ``"auto"`` stands for on ``device`` with ``num_particles``."""
+    def resolved_strategy(self, device: torch.device) -> Literal["vmap", "loop"]:
+        """The strategy ``"auto"`` stands for on ``device``."""
         if self.strategy != "auto":
             return self.strategy
-        return "vmap" if device.type == "cuda" or num_particles >= 2 else "loop"
+        return "vmap" if device.type == "cuda" else "loop"
 
     def evaluate(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
         model = self.model
@@ -127,8 +125,7 @@ class VectorizedClosure:
             return loss.reshape(())
 
         positions = tuple(request.positions)
-        n = positions[0].shape[0]
-        if self.resolved_strategy(positions[0].device, n) == "loop":
+        if self.resolved_strategy(positions[0].device) == "loop":
             return self._autograd_loop(request)
         fn = grad_and_value(loss_of) if request.need_grads else loss_of
         out = vmap(fn, randomness="different", chunk_size=self.chunk_size)(positions)

@@ -30,7 +30,7 @@ class HGPSO(SwarmOptimizer):
             &\textbf{initialize}: x_1 \leftarrow \theta_0,\
                 x_i \leftarrow \theta_0 + \sigma\,\varepsilon_i\ (i>1),\
                 v_i \leftarrow 0,\ p_i \leftarrow x_i,\ \hat f_i \leftarrow +\infty,\
-                \bar s \leftarrow 0.5,\ \kappa \leftarrow 1 \\
+                \bar s \leftarrow 1,\ \kappa \leftarrow 1 \\
             &\rule{110mm}{0.4pt} \\
             &\textbf{for}\ t=1 \textbf{ to } \ldots \textbf{ do} \\
             &\hspace{5mm} f_i \leftarrow L_t(x_i),\ g_i \leftarrow \nabla L_t(x_i)
@@ -44,7 +44,7 @@ class HGPSO(SwarmOptimizer):
             &\hspace{10mm} \bar s \leftarrow \beta \bar s
                 + (1-\beta)\,|\{i: p_i \text{ improved}\}| / N \\
             &\hspace{10mm} w_t, c_{1,t}, c_{2,t} \leftarrow
-                w(0.5+0.5\bar s),\ c_1(0.5+\bar s),\ c_2(1.5-\bar s) \\
+                w(0.5+0.5\bar s),\ c_1(0.5+0.5\bar s),\ c_2(1.5-0.5\bar s) \\
             &\hspace{10mm} \eta_t \leftarrow \kappa\,\eta
                 \quad (\kappa \leftarrow \max(\kappa \cdot \text{lr\_factor},
                 \text{min\_lr\_scale}) \text{ after every lr\_patience} \\
@@ -76,8 +76,9 @@ class HGPSO(SwarmOptimizer):
 
     **Adaptation** (``adaptive=True``, the default; ``False`` keeps every coefficient at
     its group value). The coefficients follow the smoothed success rate :math:`\bar s`
-    (fraction of particles improving their best): high success keeps momentum and
-    self-trust, low success damps momentum and pulls toward the global best. The learning
+    (fraction of particles improving their best, starting at 1): while particles improve,
+    every coefficient keeps its base value; as success fades, momentum and self-trust shrink
+    toward half and the pull toward the global best grows by up to half. The learning
     rate follows the trend of the smoothed best loss :math:`\text{EMA}_\beta(\min_i f_i)`:
     each ``lr_patience`` steps without a relative improvement above ``tol`` multiply it by
     ``lr_factor``, down to ``min_lr_scale`` times the group's ``lr``.
@@ -97,8 +98,11 @@ class HGPSO(SwarmOptimizer):
         num_particles: swarm size :math:`N`; a step costs :math:`N` forward and backward
             passes (default: 8).
         inertia: :math:`w` (default: 0.9).
-        cognitive: :math:`c_1`, pull toward the particle's own best (default: 0.5).
-        social: :math:`c_2`, pull toward the global best (default: 0.5).
+        cognitive: :math:`c_1`, pull toward the particle's own best (default: 0.1).
+        social: :math:`c_2`, pull toward the global best (default: 0.1). Held-out tuning on
+            Fashion-MNIST (README, training benchmark) scored 85.5% with 0.1
+            against 76.5-82.2% with 0.5: a strong pull toward other positions slows the
+            gradient-momentum term.
         max_velocity: clamp of each velocity element, or ``None`` (default: None).
         init_spread: standard deviation :math:`\sigma` of the Gaussian noise that scatters
             particles :math:`2..N` around the initial weights, and re-seeded particles around
@@ -136,8 +140,8 @@ class HGPSO(SwarmOptimizer):
         lr: float = 1e-2,
         num_particles: int = 8,
         inertia: float = 0.9,
-        cognitive: float = 0.5,
-        social: float = 0.5,
+        cognitive: float = 0.1,
+        social: float = 0.1,
         max_velocity: float | None = None,
         init_spread: float = 1e-2,
         *,

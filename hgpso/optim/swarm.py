@@ -214,7 +214,7 @@ class SwarmOptimizer(Optimizer):
             "gbest_loss": math.inf,
             "rng_state": None,
             "kernel_seed": rng.integer(),
-            "success_rate": 0.5,
+            "success_rate": 1.0,
             "loss_ema": None,
             "best_loss_ema": math.inf,
             "steps_since_improvement": 0,
