@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
     p.add_argument("--target", type=float, nargs="*", default=None, help="one per --dims")
     # Defaults sized for Gemma 3 270M on 2 busy CPU cores, where schema-constrained decoding
-    # runs at ~2 tokens/s: one call is ~30 s in 2-D (k=2) and ~60-90 s in 10-D (k=1).
+    # runs at ~2 tokens/s: one call took ~20-95 s in 2-D (k=2) and ~50-190 s in 10-D (k=1).
     p.add_argument("--k", type=int, default=2, help="points the LLM proposes per call (d<=2)")
     p.add_argument("--k-hd", type=int, default=1, help="points per call when d > 2")
     p.add_argument("--llm-every", type=int, default=1)
-    p.add_argument("--max-llm-calls", type=int, default=2, help="LLM rounds per run (d<=2)")
+    p.add_argument("--max-llm-calls", type=int, default=1, help="LLM rounds per run (d<=2)")
     p.add_argument("--max-llm-calls-hd", type=int, default=1, help="LLM rounds per run, d>2")
     p.add_argument("--history", type=int, default=5, help="best points shown in the prompt")
     p.add_argument("--max-tokens", type=int, default=80)
