@@ -55,7 +55,8 @@ class LLMError(RuntimeError):
 class LLMStats:
     """Counters kept separately from objective evaluations."""
 
-    calls: int = 0  # HTTP requests sent (including retries)
+    calls: int = 0  # HTTP requests sent (including retries and format negotiation)
+    negotiations: int = 0  # requests the server rejected for their response_format shape
     failures: int = 0  # requests that errored or returned unusable text
     retries: int = 0  # extra attempts after a failure
     fallbacks: int = 0  # strategy iterations that fell back (fully or partly) to plain moves
@@ -333,6 +334,7 @@ class LLMClient:
                     self._formats.pop(0)
                     _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
                     negotiations += 1
+                    self.stats.negotiations += 1
                     continue
                 break
             except openai.RateLimitError as e:
@@ -356,6 +358,7 @@ class LLMClient:
                     self._formats.pop(0)
                     _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
                     negotiations += 1
+                    self.stats.negotiations += 1
                     continue
                 if e.status_code is not None and e.status_code < 500:
                     break

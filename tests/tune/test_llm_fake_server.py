@@ -174,4 +174,4 @@ def test_format_negotiation_does_not_use_up_retries(fake_llm):
     fake_llm.script = [("status", 422), good((0.2, 0.2))]
     c = client(fake_llm, max_retries=0)
     assert c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
-    assert c.stats.calls == 2 and c.stats.retries == 0
+    assert c.stats.calls == 2 and c.stats.retries == 0 and c.stats.negotiations == 1
