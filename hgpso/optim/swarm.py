@@ -164,9 +164,6 @@ class SwarmOptimizer(Optimizer):
         params = self._trainable()
         return params[0].device if params else torch.device("cpu")
 
-    def _group_tensors(self, group: dict[str, Any], key: str) -> list[Tensor]:
-        return [self.state[p][key] for p in group["params"] if p.requires_grad]
-
     def _all(self, key: str) -> list[Tensor]:
         return [self.state[p][key] for p in self._trainable()]
 
@@ -306,9 +303,10 @@ class SwarmOptimizer(Optimizer):
                     f"expected {self.num_particles} particle losses, got shape "
                     f"{tuple(losses.shape)}"
                 )
-        finally:
-            # whatever happened, the model holds the last good global best again
+        except BaseException:
+            # the model goes back to the last good global best; the swarm is untouched
             self._write_gbest_into_params()
+            raise
         self._advance(losses, grads)
         self._write_gbest_into_params()
         swarm["evaluations"] += self.num_particles
