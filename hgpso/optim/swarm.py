@@ -344,15 +344,17 @@ class SwarmOptimizer(Optimizer):
             forget=self.forget,
         )
         pbest_losses = swarm["pbest_losses"]
-        gbest_index = int(torch.argmin(pbest_losses))
-        n_valid, n_improved, best_now, gbest_loss = torch.stack(
+        # one host read per step for everything the bookkeeping needs
+        n_valid, n_improved, best_now, gbest_loss, gbest_index = torch.stack(
             [
                 valid.sum().float(),
                 improved.sum().float(),
                 torch.where(valid, losses, math.inf).min(),
-                pbest_losses[gbest_index],
+                pbest_losses.min(),
+                pbest_losses.argmin().float(),
             ]
         ).tolist()
+        gbest_index = int(gbest_index)
         swarm["gbest_index"] = gbest_index
         swarm["gbest_loss"] = gbest_loss
         self._adapt(n_improved / self.num_particles, best_now)
