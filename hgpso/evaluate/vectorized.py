@@ -45,9 +45,9 @@ class VectorizedClosure:
     the particle dimension by ``torch.func.vmap`` (``strategy="vmap"``), or by a Python loop
     that loads each particle into the model and runs ordinary autograd (``strategy="loop"``,
     no function-transform overhead). ``"auto"`` picks ``vmap`` on CUDA and the loop on CPU:
-    on our 2-core CPU (torch 2.14, Fashion-MNIST CNN, batch 128, one thread) vmap cost
-    1.65-2.2x N Adam steps at N = 4-16 against 0.79-1.05x for the loop
-    (``python -m benchmarks.step_time --threads 1``).
+    on our idle 2-core CPU (torch 2.14, Fashion-MNIST CNN, batch 128) vmap cost 1.35-2.7x
+    N Adam steps at N = 1-64 against 1.03-1.2x for the loop (``python -m
+    benchmarks.step_time``).
     Dropout draws independent randomness for each particle. Parameters of ``model`` that
     the optimizer does not own (frozen ones) and all buffers are shared by every particle.
 
