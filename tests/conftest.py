@@ -1,6 +1,19 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def make_closure(opt, model, x, y):
+    """The standard closure: zero_grad, cross-entropy, backward, return the loss."""
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    return closure
 
 
 class TinyNet(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 
 import hgpso
 from hgpso import HGPSO, PSO
-from tests.conftest import TinyNet
+from tests.conftest import TinyNet, make_closure
 
 
 class SmallCNN(nn.Module):
@@ -26,14 +26,7 @@ class SmallCNN(nn.Module):
 def _closure_run(model, x, y, steps, cls=HGPSO, **kw):
     opt = cls(model.parameters(), **kw)
     for _ in range(steps):
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        opt.step(make_closure(opt, model, x, y))
     return opt
 
 
@@ -91,14 +84,7 @@ def test_vectorized_with_frozen_parameter_and_groups():
     a = HGPSO(groups(model), num_particles=3, seed=2)
     b = HGPSO(groups(model2), num_particles=3, seed=2)
     for _ in range(3):
-
-        def closure():
-            a.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-
-        a.step(closure)
+        a.step(make_closure(a, model, x, y))
         b.step(hgpso.vectorized_closure(model2, F.cross_entropy, x, y, strategy="vmap"))
     _assert_same_swarm(a, b, model, model2)
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hgpso import HGPSO, kernels
-from tests.conftest import TinyNet
+from tests.conftest import TinyNet, make_closure
 
 _M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF
@@ -114,16 +113,6 @@ def test_unavailable_kernel_raises_the_stored_error(monkeypatch):
     assert info.value.__cause__ is stored
 
 
-def _closure(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
-
-
 def test_fused_true_on_cpu_parameters_raises_clearly(tiny_problem):
     """Without the kernel the constructor refuses (the cause is the stored error); with it
     (a CUDA machine) the constructor refuses CPU parameters, naming the device."""
@@ -146,7 +135,7 @@ def test_cpu_parameters_never_reach_the_kernel(monkeypatch, tiny_problem, fused)
     model, x, y = tiny_problem
     opt = HGPSO(model.parameters(), num_particles=3, seed=0, fused=fused)
     for _ in range(2):
-        opt.step(_closure(opt, model, x, y))
+        opt.step(make_closure(opt, model, x, y))
 
 
 def test_wrapper_rejects_cpu_tensors_and_bad_lists(monkeypatch):
@@ -167,13 +156,13 @@ def test_kernel_seed_and_offset_are_in_the_optimizer_state(tiny_problem):
     saved in the state_dict, so a resumed fused run draws the same randoms."""
     model, x, y = tiny_problem
     opt = HGPSO(model.parameters(), num_particles=2, seed=5)
-    opt.step(_closure(opt, model, x, y))
+    opt.step(make_closure(opt, model, x, y))
     swarm = opt.state_dict()["state"]["swarm"]
     assert isinstance(swarm["kernel_seed"], int) and 0 <= swarm["kernel_seed"] < 2**62
     assert swarm["step"] == 1
     model2 = TinyNet()
     opt2 = HGPSO(model2.parameters(), num_particles=2, seed=5)
-    opt2.step(_closure(opt2, model2, x, y))
+    opt2.step(make_closure(opt2, model2, x, y))
     assert opt2.state["swarm"]["kernel_seed"] == swarm["kernel_seed"]
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hgpso import HGPSO
 from hgpso import functional as Fn
 from hgpso.kernels import _build
-from tests.conftest import TinyNet
+from tests.conftest import TinyNet, make_closure
 from tests.test_kernels import predicted_randoms
 
 pytestmark = pytest.mark.slow
@@ -343,14 +342,8 @@ def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_ke
     model, x, y = tiny_problem
 
     def train(opt, m, steps):
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(m(x), y)
-            loss.backward()
-            return loss
-
         for _ in range(steps):
-            opt.step(closure)
+            opt.step(make_closure(opt, m, x, y))
 
     def groups(m):
         return [

@@ -20,11 +20,10 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hgpso import HGPSO, kernels
 from hgpso import functional as Fn
-from tests.conftest import TinyNet
+from tests.conftest import TinyNet, make_closure
 from tests.test_kernels import predicted_randoms
 
 pytestmark = [
@@ -277,12 +276,7 @@ def _problem(seed=0):
 
 
 def _train(opt, model, x, y, steps):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
+    closure = make_closure(opt, model, x, y)
     return [float(opt.step(closure)) for _ in range(steps)]
 
 

@@ -12,17 +12,7 @@ from torch import nn
 import hgpso
 from hgpso import HGPSO, PSO
 from hgpso.optim.random import SwarmRandom
-from tests.conftest import TinyNet
-
-
-def make_closure(opt, model, x, y):
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    return closure
+from tests.conftest import TinyNet, make_closure
 
 
 # --------------------------------------------------------------------------- the equation
