@@ -108,6 +108,8 @@ class VectorizedClosure:
                     "vectorized_closure; pass the same model whose parameters the optimizer owns"
                 )
             names.append(names_by_id[id(p)])
+        if self.resolved_strategy(request.positions[0].device) == "loop":
+            return self._autograd_loop(request)
         owned = set(names)
         shared = {n: p.detach() for n, p in model.named_parameters() if n not in owned}
         shared.update(dict(model.named_buffers()))
@@ -124,11 +126,8 @@ class VectorizedClosure:
                 )
             return loss.reshape(())
 
-        positions = tuple(request.positions)
-        if self.resolved_strategy(positions[0].device) == "loop":
-            return self._autograd_loop(request)
         fn = grad_and_value(loss_of) if request.need_grads else loss_of
-        out = vmap(fn, randomness="different", chunk_size=self.chunk_size)(positions)
+        out = vmap(fn, randomness="different", chunk_size=self.chunk_size)(tuple(request.positions))
         if request.need_grads:
             grads, losses = out
             return losses.detach().float(), [g.detach() for g in grads]
