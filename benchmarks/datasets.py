@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class ArraySplits:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    source: str = ""  # where the data was read from (printed by load_dataset)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -107,14 +109,23 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def fashion_mnist_candidates(data_root: str | Path | None) -> list[Path]:
-    """Directories searched for the IDX files, in order."""
-    dirs: list[Path] = []
+    """Directories searched for the IDX files, in order.
+
+    An explicit ``data_root`` is the only place searched: a run pointed at a directory must
+    never silently train on another copy (the system one or the cache).
+    """
     if data_root:
         root = Path(data_root)
-        dirs += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
-    dirs.append(DEBIAN_FASHION_MNIST)
-    dirs += [DEFAULT_CACHE / "fashion-mnist", DEFAULT_CACHE / "FashionMNIST" / "raw"]
-    return dirs
+        return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+    return [
+        DEBIAN_FASHION_MNIST,
+        DEFAULT_CACHE / "fashion-mnist",
+        DEFAULT_CACHE / "FashionMNIST" / "raw",
+    ]
+
+
+def _has_fashion_files(directory: Path) -> bool:
+    return all(_find_idx(directory, v) for v in FASHION_FILES.values())
 
 
 def load_fashion_mnist(data_root: str | Path | None = None, download: bool = True) -> ArraySplits:
@@ -122,19 +133,25 @@ def load_fashion_mnist(data_root: str | Path | None = None, download: bool = Tru
     for directory in looked:
         files = {k: _find_idx(directory, v) for k, v in FASHION_FILES.items()}
         if all(files.values()):
-            arrays = {k: read_idx(p) for k, p in files.items()}
+            arrays = {k: read_idx(p) for k, p in files.items() if p is not None}
             return _fashion_from_arrays(arrays, directory)
+    target = Path(data_root) if data_root else DEFAULT_CACHE
     if download:
         try:
             from torchvision.datasets import FashionMNIST
 
-            FashionMNIST(str(DEFAULT_CACHE), train=True, download=True)
-            FashionMNIST(str(DEFAULT_CACHE), train=False, download=True)
+            FashionMNIST(str(target), train=True, download=True)
+            FashionMNIST(str(target), train=False, download=True)
             return load_fashion_mnist(data_root, download=False)
         except Exception as exc:  # offline, torchvision missing, ...
-            reason = f" The torchvision download into {DEFAULT_CACHE} failed: {exc}."
+            reason = f" The torchvision download into {target} failed: {exc}."
     else:
         reason = " Download disabled."
+    if data_root:
+        elsewhere = [d for d in fashion_mnist_candidates(None) if _has_fashion_files(d)]
+        reason += " Only --data-root was searched" + (
+            f"; a copy exists in {elsewhere[0]}: drop --data-root to use it." if elsewhere else "."
+        )
     raise DatasetError(
         "Fashion-MNIST not found. Looked for "
         + ", ".join(FASHION_FILES.values())
@@ -165,6 +182,7 @@ def _fashion_from_arrays(arrays: dict[str, np.ndarray], where: Path) -> ArraySpl
         num_classes=10,
         mean=(0.2860,),
         std=(0.3530,),
+        source=str(where),
     )
 
 
@@ -201,8 +219,8 @@ def load_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_svhn(data_root: str | Path | None = None, download: bool = False) -> ArraySplits:
-    roots = [Path(data_root)] if data_root else []
-    roots.append(DEFAULT_CACHE)
+    # An explicit data_root is the only place searched (never a silent other copy).
+    roots = [Path(data_root)] if data_root else [DEFAULT_CACHE]
     looked = [d for r in roots for d in (r, r / "svhn", r / "SVHN")]
     for directory in looked:
         train, test = directory / "train_32x32.mat", directory / "test_32x32.mat"
@@ -210,18 +228,26 @@ def load_svhn(data_root: str | Path | None = None, download: bool = False) -> Ar
             tx, ty = load_svhn_mat(train)
             ex, ey = load_svhn_mat(test)
             return ArraySplits(
-                tx, ty, ex, ey, 10, mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970)
+                tx,
+                ty,
+                ex,
+                ey,
+                10,
+                mean=(0.4377, 0.4438, 0.4728),
+                std=(0.1980, 0.2010, 0.1970),
+                source=str(directory),
             )
     reason = ""
     if download:
+        target = (Path(data_root) if data_root else DEFAULT_CACHE) / "svhn"
         try:
             from torchvision.datasets import SVHN
 
             for split in ("train", "test"):
-                SVHN(str(DEFAULT_CACHE / "svhn"), split=split, download=True)
+                SVHN(str(target), split=split, download=True)
             return load_svhn(data_root, download=False)
         except Exception as exc:
-            reason = f" The torchvision download into {DEFAULT_CACHE / 'svhn'} failed: {exc}."
+            reason = f" The torchvision download into {target} failed: {exc}."
     raise DatasetError(
         "SVHN not found. Looked for train_32x32.mat and test_32x32.mat in: "
         + ", ".join(str(d) for d in looked)
@@ -294,12 +320,12 @@ def load_tiny_imagenet_dir(root: str | Path) -> ArraySplits:
         num_classes=len(wnids),
         mean=(0.4802, 0.4481, 0.3975),
         std=(0.2770, 0.2691, 0.2821),
+        source=str(root),
     )
 
 
 def load_tiny_imagenet(data_root: str | Path | None = None) -> ArraySplits:
-    roots = [Path(data_root)] if data_root else []
-    roots.append(DEFAULT_CACHE)
+    roots = [Path(data_root)] if data_root else [DEFAULT_CACHE]
     looked = [d for r in roots for d in (r, r / "tiny-imagenet-200")]
     for directory in looked:
         if (directory / "wnids.txt").is_file() and (directory / "train").is_dir():
@@ -317,6 +343,7 @@ def load_tiny_imagenet(data_root: str | Path | None = None) -> ArraySplits:
 
 def load_digits_splits(test_fraction: float = 0.25) -> ArraySplits:
     """scikit-learn's 8x8 digits (values 0..16 rescaled to 0..255), fixed stratified-free split."""
+    import sklearn
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -333,21 +360,30 @@ def load_digits_splits(test_fraction: float = 0.25) -> ArraySplits:
         num_classes=10,
         mean=(0.3,),
         std=(0.38,),
+        source=f"scikit-learn {sklearn.__version__}'s bundled 8x8 digits",
     )
 
 
 def load_dataset(
     name: str, data_root: str | Path | None = None, download: bool = True
 ) -> ArraySplits:
+    """Load a data set by name and say on stderr where it was read from."""
     if name == "fashion-mnist":
-        return load_fashion_mnist(data_root, download=download)
-    if name == "svhn":
-        return load_svhn(data_root, download=download)
-    if name == "tiny-imagenet":
-        return load_tiny_imagenet(data_root)
-    if name == "digits":
-        return load_digits_splits()
-    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        splits = load_fashion_mnist(data_root, download=download)
+    elif name == "svhn":
+        splits = load_svhn(data_root, download=download)
+    elif name == "tiny-imagenet":
+        splits = load_tiny_imagenet(data_root)
+    elif name == "digits":
+        splits = load_digits_splits()
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    print(
+        f"[data] {name}: {len(splits.train_y)} train / {len(splits.test_y)} test images "
+        f"from {splits.source}",
+        file=sys.stderr,
+    )
+    return splits
 
 
 # --------------------------------------------------------------------------- batching

@@ -57,10 +57,34 @@ def test_fashion_mnist_missing_names_every_place_and_the_fix(tmp_path, monkeypat
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     monkeypatch.setattr(D, "DEFAULT_CACHE", tmp_path / "cache")
     with pytest.raises(D.DatasetError) as err:
-        D.load_fashion_mnist(tmp_path / "mine", download=False)
+        D.load_fashion_mnist(None, download=False)
     msg = str(err.value)
-    assert str(tmp_path / "mine") in msg and str(tmp_path / "debian") in msg
+    assert str(tmp_path / "debian") in msg and str(tmp_path / "cache" / "fashion-mnist") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--data-root" in msg
+
+
+def test_fashion_mnist_data_root_never_falls_back_to_the_system_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(D, "DEFAULT_CACHE", tmp_path / "cache")
+    make_fashion(tmp_path / "debian", n_train=7)
+    (tmp_path / "empty").mkdir()
+    assert D.load_fashion_mnist(None, download=False).source == str(tmp_path / "debian")
+    with pytest.raises(D.DatasetError) as err:
+        D.load_fashion_mnist(tmp_path / "empty", download=False)
+    msg = str(err.value)
+    assert str(tmp_path / "empty") in msg
+    assert f"a copy exists in {tmp_path / 'debian'}: drop --data-root to use it" in msg
+
+
+def test_load_dataset_says_where_the_data_came_from(tmp_path, capsys):
+    make_fashion(tmp_path / "fm", n_train=9, n_test=4)
+    s = D.load_dataset("fashion-mnist", tmp_path / "fm", download=False)
+    assert s.source == str(tmp_path / "fm")
+    err = capsys.readouterr().err
+    assert f"[data] fashion-mnist: 9 train / 4 test images from {tmp_path / 'fm'}" in err
+    D.load_dataset("digits")
+    err = capsys.readouterr().err
+    assert "[data] digits: 1348 train / 449 test images from scikit-learn" in err
 
 
 def test_idx_rejects_bad_magic_and_truncation(tmp_path):
