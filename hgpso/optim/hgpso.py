@@ -121,6 +121,16 @@ class HGPSO(SwarmOptimizer):
         fused: ``None`` uses the fused CUDA kernel when the parameters are on CUDA and it
             is available; ``True`` requires it (raising the stored build error otherwise);
             ``False`` always uses the pure-PyTorch update (default: None).
+        distributed: what the ranks of an initialized ``torch.distributed`` process group
+            share. ``"replicated"``: one swarm trained on the global batch; every rank holds
+            all particles, losses (and gradients not already all-reduced by DDP) are
+            averaged over ranks each step, and rank 0's weights and seed are broadcast when
+            the optimizer is built, so replicas stay identical. ``"independent"``: no
+            communication, one swarm per rank. Without a process group (or with one
+            process) both mean the same and cost nothing. See :mod:`hgpso.distributed`
+            (default: ``"replicated"``).
+        process_group: the group to share the swarm over (default: ``None``, the default
+            group when ``torch.distributed`` is initialized).
 
     Example:
         >>> opt = HGPSO(model.parameters(), lr=0.01, num_particles=8)
@@ -155,6 +165,8 @@ class HGPSO(SwarmOptimizer):
         min_lr_scale: float = 0.01,
         seed: int | None = None,
         fused: bool | None = None,
+        distributed: str = "replicated",
+        process_group: Any = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -178,4 +190,6 @@ class HGPSO(SwarmOptimizer):
             min_lr_scale=min_lr_scale,
             seed=seed,
             fused=fused,
+            distributed=distributed,
+            process_group=process_group,
         )

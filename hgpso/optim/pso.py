@@ -38,7 +38,8 @@ class PSO(SwarmOptimizer):
         max_velocity: per-element velocity clamp (default: 0.1).
         init_spread: standard deviation of the initial scatter (default: 0.05).
         **kwargs: the swarm-wide options of :class:`~hgpso.HGPSO` (``forget``,
-            ``adaptive``, ``ema_beta``, ``tol``, ``patience``, ``seed``, ``fused``, ...).
+            ``adaptive``, ``ema_beta``, ``tol``, ``patience``, ``seed``, ``fused``,
+            ``distributed``, ``process_group``, ...).
     """
 
     uses_gradients = False
@@ -63,6 +64,8 @@ class PSO(SwarmOptimizer):
         min_lr_scale: float = 0.01,
         seed: int | None = None,
         fused: bool | None = None,
+        distributed: str = "replicated",
+        process_group: Any = None,
     ) -> None:
         defaults = {
             "inertia": inertia,
@@ -85,4 +88,6 @@ class PSO(SwarmOptimizer):
             min_lr_scale=min_lr_scale,
             seed=seed,
             fused=fused,
+            distributed=distributed,
+            process_group=process_group,
         )

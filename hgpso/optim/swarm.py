@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
@@ -85,6 +86,8 @@ class SwarmOptimizer(Optimizer):
         min_lr_scale: float,
         seed: int | None,
         fused: bool | None,
+        distributed: str = "replicated",
+        process_group: Any = None,
     ) -> None:
         if (
             isinstance(num_particles, bool)
@@ -106,6 +109,7 @@ class SwarmOptimizer(Optimizer):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         if fused not in (None, True, False):
             raise ValueError(f"fused must be None, True or False, got {fused!r}")
+        mode = distributed_.check_mode(distributed)
         for key, value in defaults.items():
             self._validate_value(key, value)
         super().__init__(params, defaults)
@@ -137,6 +141,15 @@ class SwarmOptimizer(Optimizer):
                 f"fused=True needs CUDA parameters, but they are on {self._device()}; "
                 "use fused=None (the default) or fused=False"
             )
+        # distributed: None unless a process group of >1 ranks is initialized (zero cost then)
+        self._comm = distributed_.SwarmComm.resolve(process_group, mode)
+        if self._comm is not None:
+            # distributed: same model/N everywhere; rank 0's weights and seed on every rank
+            params = self._trainable()
+            self._comm.check_config(params=params, num_particles=num_particles)
+            if self.seed is None:
+                self.seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            self.seed = self._comm.agree_start(params, self.seed)
 
     # ----------------------------------------------------------------- validation
     def _validate_value(self, key: str, value: Any) -> None:
@@ -303,10 +316,19 @@ class SwarmOptimizer(Optimizer):
                     f"expected {self.num_particles} particle losses, got shape "
                     f"{tuple(losses.shape)}"
                 )
-        except BaseException:
+        except BaseException as error:
             # the model goes back to the last good global best; the swarm is untouched
             self._write_gbest_into_params()
+            if self._comm is not None:  # distributed: tell the other ranks, then re-raise
+                self._comm.report_failure(error)
             raise
+        if self._comm is not None:
+            # distributed: losses (and gradients) averaged over ranks; raises if a peer failed
+            try:
+                losses, grads = self._comm.exchange(losses, grads)
+            except BaseException:
+                self._write_gbest_into_params()
+                raise
         self._advance(losses, grads)
         self._write_gbest_into_params()
         swarm["evaluations"] += self.num_particles
