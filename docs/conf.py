@@ -22,7 +22,7 @@ from hgpso import __version__  # noqa: E402
 
 project = "hgpso"
 author = "hgpso developers"
-copyright = "2026, hgpso developers"  # noqa: A001
+copyright = "2026, hgpso developers"
 version = release = __version__
 
 extensions = [
