@@ -32,6 +32,7 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "sphinx-mathjax-offline",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -52,12 +53,13 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
-# The pages load MathJax 3 from its CDN when viewed; the build itself is offline. To view
-# math without a network, point HGPSO_DOCS_MATHJAX2 at a local MathJax 2 (Debian:
-# libjs-mathjax, /usr/share/javascript/mathjax/MathJax.js).
-if os.environ.get("HGPSO_DOCS_MATHJAX2"):
-    mathjax_path = os.environ["HGPSO_DOCS_MATHJAX2"] + "?config=TeX-AMS-MML_HTMLorMML"
-    mathjax2_config = {"tex2jax": {"inlineMath": [["\\(", "\\)"]]}}
+# MathJax 3 ships with the site (sphinx-mathjax-offline copies it into _static), so the
+# pages render their math without a network. textmacros: `\_` inside `\text{...}` (the
+# docstrings write argument names such as \text{num\_particles}, as torch.optim does).
+mathjax3_config = {
+    "loader": {"load": ["[tex]/textmacros"]},
+    "tex": {"packages": {"[+]": ["textmacros"]}},
+}
 
 # Examples: only the explicit {testcode}/{doctest} blocks of the guides run (sphinx -b
 # doctest). Docstring examples written as fragments (`model`, `x` undefined, as in
