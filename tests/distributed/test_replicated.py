@@ -91,6 +91,11 @@ def test_replicas_identical_and_equal_to_global_batch(tmp_path, path, world_size
             assert got == want, name
     swarm = ranks[0]["optim"]["state"]["swarm"]
     assert swarm["step"] == workers.STEPS
+    # at construction: config check, seed, one bucket of weights; then per step one exchange
+    # and, unless DDP already all-reduced them in backward() (or PSO has none), one all-reduce
+    # of the gradients
+    grad_reduces = 0 if path == "ddp" or optim == "pso" else workers.STEPS
+    assert ranks[0]["collectives"] == 3 + workers.STEPS + grad_reduces
 
 
 def test_independent_opt_out_keeps_separate_swarms(tmp_path):

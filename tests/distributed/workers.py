@@ -48,9 +48,11 @@ def make_optimizer(kind: str, params: Any, **kwargs: Any) -> torch.optim.Optimiz
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    comm = getattr(opt, "_comm", None)
     return {
         "params": [p.detach().clone() for p in model.parameters()],
         "optim": opt.state_dict(),
+        "collectives": None if comm is None else comm.collectives,
     }
 
 
