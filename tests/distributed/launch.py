@@ -9,9 +9,6 @@ outlives the deadline fails it too, after every process started here is killed.
 from __future__ import annotations
 
 import datetime
-import os
-import signal
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from benchmarks.scaling import spawn_bounded
 
 #: the process group's own timeout: a collective that never completes fails after this
 PG_TIMEOUT_S = 60
@@ -55,24 +54,9 @@ def run_workers(
 ) -> None:
     """Run ``fn`` on ``world_size`` spawned processes; raise if any fails or hangs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = mp.start_processes(
-        _entry,
-        args=(fn, world_size, str(out_dir), kwargs),
-        nprocs=world_size,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + timeout_s
     try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{fn.__name__} on {world_size} ranks ran past {timeout_s}s")
+        spawn_bounded(_entry, (fn, world_size, str(out_dir), kwargs), world_size, timeout_s)
     except mp.ProcessException as e:
         errors = sorted(out_dir.glob("error*.txt"))
         detail = "\n".join(p.read_text() for p in errors)
         raise AssertionError(f"a worker failed:\n{detail or e}") from None
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(5)
