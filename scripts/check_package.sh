@@ -5,9 +5,7 @@
 #   bash scripts/check_package.sh
 #
 # Uses $PYTHON (default .venv/bin/python, needs `build`: the dev extra) to build, and
-# python3 for the fresh environment. Torch for that environment: the CPU build, from a local
-# wheel when pip's find-links holds one (this CI machine: /opt/wheels), else from PyTorch's
-# CPU index; HGPSO_CHECK_TORCH="<pip args>" overrides.
+# python3 for the fresh environment, with PyTorch's CPU build (scripts/lib/cpu_torch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -62,16 +60,9 @@ pip_install() {  # quiet unless it fails (pip's configuration warnings are noise
         return 1
     }
 }
-if [ -n "${HGPSO_CHECK_TORCH:-}" ]; then
-    read -r -a torch_args <<<"$HGPSO_CHECK_TORCH"
-else
-    local_cpu="$(ls "${PIP_FIND_LINKS:-/nonexistent}"/torch-*+cpu-*.whl 2>/dev/null | head -n 1 || true)"
-    if [ -n "$local_cpu" ]; then
-        torch_args=("torch==$(basename "$local_cpu" | cut -d- -f2 | cut -d+ -f1)")
-    else
-        torch_args=(torch --index-url https://download.pytorch.org/whl/cpu)
-    fi
-fi
+# shellcheck source=scripts/lib/cpu_torch.sh
+source "$root/scripts/lib/cpu_torch.sh"
+cpu_torch_args
 pip_install "${torch_args[@]}" || fail "installing torch (${torch_args[*]})"
 pip_install "$wheel" || fail "installing the wheel"
 "$work/venv/bin/python" -m pip check >/dev/null || fail "pip check"
