@@ -8,28 +8,20 @@
 #   bash scripts/check_fresh_clone.sh
 #
 # Like a user on a CPU-only machine who followed README's CPU step, the clone's .venv gets
-# PyTorch's CPU build first (scripts/lib/cpu_torch.sh), and a pip constraint keeps it (and a
+# PyTorch's CPU build first (scripts/lib/ci.sh), and a pip constraint keeps it (and a
 # matching torchvision) through both commands instead of pulling the multi-GB CUDA build.
 # The LLM server runs from a private HGPSO_CACHE, so no other server on the machine is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-say() { echo "check_fresh_clone: $*" >&2; }
-fail() {
-    say "FAILED: $*"
-    exit 1
-}
+# shellcheck source=scripts/lib/ci.sh
+source "$root/scripts/lib/ci.sh"
 
 cmd="$(grep -m 1 -E '^python3 -m venv \.venv && .+ -m benchmarks\.quickstart$' README.md)" ||
     fail "README has no one-line quickstart command"
 git clone -q "$root" "$work/hgpso"
 cd "$work/hgpso"
 
-# shellcheck source=scripts/lib/cpu_torch.sh
-source "$root/scripts/lib/cpu_torch.sh"
 cpu_torch_args
 python3 -m venv .venv
 .venv/bin/python -m pip install -q "${torch_args[@]}" >"$work/pip.log" 2>&1 || {

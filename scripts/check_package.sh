@@ -5,19 +5,13 @@
 #   bash scripts/check_package.sh
 #
 # Uses $PYTHON (default .venv/bin/python, needs `build`: the dev extra) to build, and
-# python3 for the fresh environment, with PyTorch's CPU build (scripts/lib/cpu_torch.sh).
+# python3 for the fresh environment, with PyTorch's CPU build (scripts/lib/ci.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 PYTHON="${PYTHON:-.venv/bin/python}"
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-say() { echo "check_package: $*" >&2; }
-fail() {
-    say "FAILED: $*"
-    exit 1
-}
+# shellcheck source=scripts/lib/ci.sh
+source "$root/scripts/lib/ci.sh"
 
 say "building sdist and wheel"
 "$PYTHON" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || {
@@ -60,8 +54,6 @@ pip_install() {  # quiet unless it fails (pip's configuration warnings are noise
         return 1
     }
 }
-# shellcheck source=scripts/lib/cpu_torch.sh
-source "$root/scripts/lib/cpu_torch.sh"
 cpu_torch_args
 pip_install "${torch_args[@]}" || fail "installing torch (${torch_args[*]})"
 pip_install "$wheel" || fail "installing the wheel"

@@ -1,5 +1,16 @@
 # shellcheck shell=bash
-# Sourced by the CI check scripts. Sets the array `torch_args`: pip arguments that install
+# Sourced by the CI check scripts (scripts/check_*.sh): a scratch folder removed on exit,
+# messages, and the pip arguments for PyTorch's CPU build.
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+say() { echo "$(basename "$0" .sh): $*" >&2; }
+fail() {
+    say "FAILED: $*"
+    exit 1
+}
+
+# cpu_torch_args sets the array `torch_args`: pip arguments that install
 # PyTorch's CPU build (a few hundred MB instead of several GB of CUDA libraries).
 # HGPSO_CHECK_TORCH="<pip args>" overrides; else a local CPU wheel in pip's find-links (this
 # CI machine: /opt/wheels) is used when there is one; else PyTorch's CPU index.
