@@ -163,7 +163,7 @@ def fused_hgpso_update_(
     lengths = {len(velocities), len(pbests), len(gbests), n}
     if grads is not None:
         lengths.add(len(grads))
-    if r1 is not None:
+    if r1 is not None and r2 is not None:
         lengths |= {len(r1), len(r2)}
     if len(lengths) > 1:
         raise ValueError("tensor lists must have equal lengths")

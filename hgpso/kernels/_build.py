@@ -84,7 +84,7 @@ def cuda_home() -> str | None:
     from torch.utils import cpp_extension
 
     def ok(root: str | None) -> bool:
-        return bool(root) and Path(root, "include", "cuda_runtime.h").is_file()
+        return root is not None and root != "" and Path(root, "include", "cuda_runtime.h").is_file()
 
     if ok(os.environ.get("CUDA_HOME")) or ok(os.environ.get("CUDA_PATH")):
         return cpp_extension.CUDA_HOME

@@ -6,27 +6,31 @@ implementation only checks what it can about the shapes and returns ``None``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
+
 import torch
+from torch import Tensor
 
 _REGISTERED = False
 
 
 def _fused_update_fake(
-    positions,
-    velocities,
-    pbests,
-    gbests,
-    grads,
-    r1,
-    r2,
-    seed,
-    offset,
-    lr,
-    inertia,
-    cognitive,
-    social,
-    max_velocity,
-):
+    positions: Sequence[Tensor],
+    velocities: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    r1: Sequence[Tensor],
+    r2: Sequence[Tensor],
+    seed: int,
+    offset: int,
+    lr: float,
+    inertia: float,
+    cognitive: float,
+    social: float,
+    max_velocity: float | None,
+) -> None:
     n = len(positions)
     torch._check(
         len(velocities) == n and len(pbests) == n and len(gbests) == n,
@@ -40,7 +44,7 @@ def _fused_update_fake(
     for k, x in enumerate(positions):
         torch._check(x.dim() >= 1, lambda: "positions need a particle dimension")
         for name, ts in (("velocities", velocities), ("pbests", pbests)):
-            torch._check(ts[k].shape == x.shape, lambda name=name: f"{name} shape mismatch")
+            torch._check(ts[k].shape == x.shape, partial(str, f"{name} shape mismatch"))
         torch._check(gbests[k].shape == x.shape[1:], lambda: "gbests must be one particle")
     return None
 
