@@ -29,7 +29,8 @@ replicas stay identical element for element. A rank whose closure raises still j
 step's exchange, so the other ranks raise :class:`SwarmPeerError` naming it instead of
 waiting forever. (With a DDP-wrapped model a failure *inside* the closure happens while the
 other ranks are in DDP's own all-reduce; they are released when the failing process exits,
-which ``torchrun`` and Lightning do, or by the process group's timeout.)
+which ``torchrun`` and Lightning do, or by the process group's timeout, and then name the
+rank that failed first, which records its error in the process group's store.)
 
 ``distributed="independent"`` opts out: each rank keeps its own swarm and nothing is
 exchanged. With no process group initialized, or a group of one process, nothing here runs
@@ -46,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["MODES", "Mode", "SwarmComm", "SwarmPeerError"]
+__all__ = ["BUCKET_BYTES", "MODES", "Mode", "SwarmComm", "SwarmPeerError"]
 
 Mode = Literal["replicated", "independent"]
 MODES: tuple[str, ...] = ("replicated", "independent")
@@ -56,6 +57,7 @@ BUCKET_BYTES = 25 * 2**20
 #: checksums within this relative distance count as "the same gradients on every rank"
 _CHECKSUM_RTOL = 1e-9
 _DEVICE_CODES = {"cpu": 0, "cuda": 1, "xpu": 2, "mps": 3}
+_created = [0]  # communicators built in this process: the same sequence on every rank
 
 
 class SwarmPeerError(RuntimeError):
@@ -107,6 +109,9 @@ class SwarmComm:
         self.bytes_communicated = 0
         self.collectives = 0
         self.num_particles = 0  # set by check_config; every rank sends this many losses
+        self.steps = 0  # exchanges so far (ranks step in lock-step, so the same everywhere)
+        _created[0] += 1
+        self._namespace = f"hgpso.swarm/{_created[0]}"
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -210,6 +215,7 @@ class SwarmComm:
             if grads:
                 mine[1] = _checksum(grads).to(self.device)
             mine[2:] = losses.detach().to(self.device, torch.float64)
+        self.steps += 1
         rows = self._all_gather(mine)
         table = torch.stack(rows)  # (W, N + 2), the same on every rank
         status = table[:, 0].tolist()
@@ -230,11 +236,33 @@ class SwarmComm:
         :class:`SwarmPeerError` naming this one instead of waiting. Never raises: if the
         group is itself broken (a peer stuck in another collective, such as DDP's all-reduce
         inside ``backward()``, until the group's timeout), the caller's own error is what
-        matters."""
+        matters.
+
+        The first rank to fail in a step also records its error in the process group's
+        store. A rank whose own error came later, typically the backend's timeout in DDP's
+        all-reduce while the first rank failed inside its closure, raises
+        :class:`SwarmPeerError` naming that first rank, chained to its own error."""
+        step = self.steps
+        first = self._record_failure(step, error)
         try:
             self.exchange(None, None, error)
         except Exception:
             pass
+        self.steps = step + 1
+        if first is not None and first[0] != self.rank:
+            raise SwarmPeerError([first[0]], [first[1]]) from error
+
+    def _record_failure(self, step: int, error: BaseException) -> tuple[int, str] | None:
+        """(rank, message) of the first rank to fail in ``step``, via the default store."""
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            key = f"{self._namespace}/{step}"
+            if store.add(f"{key}/count", 1) == 1:
+                store.set(f"{key}/first", f"{self.rank}\n{type(error).__name__}: {error}")
+            rank, _, message = store.get(f"{key}/first").decode().partition("\n")
+            return int(rank), message
+        except Exception:  # no store (a private API) or a broken one: nothing to add
+            return None
 
     def _raise_for(self, failed: list[int], error: BaseException | None) -> None:
         text = "" if error is None else f"{type(error).__name__}: {error}"
