@@ -90,4 +90,3 @@ html_theme = "furo"
 html_title = f"hgpso {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
-pygments_style = "sphinx"
