@@ -104,6 +104,23 @@ def test_independent_opt_out_keeps_separate_swarms(tmp_path):
     assert not all(torch.equal(p, q) for p, q in zip(a["params"], b["params"], strict=True))
 
 
+def test_process_group_selects_the_ranks_that_share_a_swarm(tmp_path):
+    """process_group=new_group([1, 2]): ranks 1 and 2 agree (rank 1's start is broadcast, its
+    global rank being the group's rank 0); rank 0, opted out, has its own swarm."""
+    run_workers(workers.train_subgroup, 3, tmp_path)
+    r0, r1, r2 = load_ranks(tmp_path, 3)
+    assert_identical(r1, r2)
+    assert not torch.equal(r0["params"][0], r1["params"][0])
+    assert r0["collectives"] is None
+    torch.manual_seed(101)  # rank 1's own initial weights: the group started from them
+    own = [p.detach() for p in TinyNet().parameters()]
+    for p, q, o in zip(r1["start"], r2["start"], own, strict=True):
+        assert torch.equal(p, o) and torch.equal(q, o)
+    torch.manual_seed(100)
+    assert torch.equal(r0["start"][0], TinyNet().fc1.weight.detach())
+    assert r1["optim"]["state"]["swarm"]["step"] == 6
+
+
 def test_resume_from_state_dict_is_exact(tmp_path):
     run_workers(workers.train_resume, 2, tmp_path, path="vectorized")
     ranks = load_ranks(tmp_path, 2)

@@ -173,3 +173,19 @@ def mismatched_config(rank: int, world_size: int, out: Path, *, what: str) -> No
 
 def barrier_only(rank: int, world_size: int, out: Path) -> None:
     dist.barrier()
+
+
+def train_subgroup(rank: int, world_size: int, out: Path) -> None:
+    """Ranks 1 and 2 share a swarm over their own group; rank 0 trains alone."""
+    group = dist.new_group([1, 2])  # every rank takes part in creating it
+    torch.manual_seed(100 + rank)
+    model = TinyNet()
+    if rank == 0:
+        opt = make_optimizer("hgpso", model.parameters(), distributed="independent")
+    else:
+        opt = make_optimizer("hgpso", model.parameters(), process_group=group)
+    start = [p.detach().clone() for p in model.parameters()]
+    for batch in global_batches(world_size, 6):
+        x, y = shard(batch, rank)
+        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+    torch.save({**snapshot(model, opt), "start": start}, out / f"rank{rank}.pt")
