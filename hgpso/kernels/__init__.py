@@ -25,7 +25,7 @@ element for element against the reference).
 Detection happens once, lazily, on the first :func:`is_available` / :func:`load_error` call:
 the CUDA runtime must be usable, then the ahead-of-time build ``hgpso/_C*.so`` is loaded, or
 else the just-in-time build in ``${HGPSO_CACHE:-~/.cache/hgpso}/kernels`` (compiled on the
-spot when ``nvcc`` is found; this takes minutes once). Any failure is stored and raised only
+spot, once, when ``nvcc`` is found). Any failure is stored and raised only
 where the fused path is explicitly requested (``HGPSO(..., fused=True)``).
 
 Environment: ``HGPSO_DISABLE_KERNEL=1`` turns the kernel off; ``HGPSO_JIT=0`` forbids

@@ -162,7 +162,7 @@ def build(*, verbose: bool = False) -> Path:
             return Path(_LOADED)
         if not (out / f"{NAME}.so").is_file():
             logging.getLogger("hgpso.kernels").warning(
-                "hgpso: compiling the fused CUDA kernel into %s (once; about a minute). "
+                "hgpso: compiling the fused CUDA kernel into %s (once). "
                 "HGPSO_JIT=0 disables this, `python -m hgpso.kernels --build` does it ahead.",
                 out,
             )
