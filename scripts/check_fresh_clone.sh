@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # New-user check (issue 14): in a fresh clone of the committed tree, run README's quickstart
 # command exactly as README prints it, then the test command in collection-only mode
-# (`bash scripts/test.sh --co -q`: it must install everything the tests import, start the LLM
+# (`bash scripts/test.sh --co`: it must install everything the tests import, start the LLM
 # server and run ruff; collecting every test module proves the environment is complete
 # without spending CI time running the suite twice).
 #
@@ -45,13 +45,13 @@ bash -c "$cmd" >"$work/quickstart.log" 2>&1 || {
 grep -E '^(dataset=|hgpso |adam )' "$work/quickstart.log" >&2
 say "quickstart command: $((SECONDS - start)) s"
 
-say "test command after the quickstart: bash scripts/test.sh --co -q"
+say "test command after the quickstart: bash scripts/test.sh --co"
 start=$SECONDS
-HGPSO_CACHE="$work/cache" bash scripts/test.sh --co -q >"$work/tests.log" 2>&1 || {
+HGPSO_CACHE="$work/cache" bash scripts/test.sh --co >"$work/tests.log" 2>&1 || {
     tail -n 40 "$work/tests.log" >&2
     fail "the test command after the quickstart"
 }
-grep -E '^[0-9]+ tests? collected' "$work/tests.log" >&2 ||
+grep -E "[0-9]+ tests? collected" "$work/tests.log" >&2 ||
     fail "pytest collected nothing: $(tail -n 5 "$work/tests.log")"
 say "test command (collection only): $((SECONDS - start)) s"
 say "ok"
