@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-"$PYTHON" -c "import sphinx, myst_parser, furo, importlib; importlib.import_module("sphinx-mathjax-offline")" 2>/dev/null ||
+"$PYTHON" -c "import importlib, sphinx, myst_parser, furo; importlib.import_module('sphinx-mathjax-offline')" 2>/dev/null ||
     { echo "scripts/docs.sh: Sphinx/MyST/Furo missing: $PYTHON -m pip install -e '.[docs]'" >&2; exit 1; }
 export HGPSO_JIT=0  # never compile the CUDA kernel while documenting
 # -n: nitpicky (every reference must resolve); -W --keep-going: report every warning, then fail.
