@@ -291,7 +291,8 @@ def _checksum(tensors: Sequence[Tensor]) -> Tensor:
     total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
     for t in tensors:
         total += t.sum(dtype=torch.float64)
-        total += t.abs().sum(dtype=torch.float64)  # so sign changes cannot cancel out
+        # the L1 norm too, so that sign changes cannot cancel out (a reduction: no temporary)
+        total += torch.linalg.vector_norm(t, 1, dtype=torch.float64)
     return total
 
 
