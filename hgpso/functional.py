@@ -84,7 +84,7 @@ def hgpso_update_(
     # w*v
     torch._foreach_mul_(velocities, inertia)
     # + c1*r1*(p - x)
-    diff = torch._foreach_sub(list(pbests), positions)
+    diff = list(torch._foreach_sub(list(pbests), positions))
     torch._foreach_mul_(diff, list(r1))
     torch._foreach_add_(velocities, diff, alpha=cognitive)
     # + c2*r2*(g - x); g broadcasts over the particle dimension

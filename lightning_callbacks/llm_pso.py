@@ -32,7 +32,7 @@ import copy
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,7 +63,7 @@ def _training_step_loss(pl_module: LightningModule, batch: Any) -> torch.Tensor:
 
 
 @contextmanager
-def _no_logging(pl_module: LightningModule):
+def _no_logging(pl_module: LightningModule) -> Iterator[None]:
     """Silence ``self.log`` calls made by ``training_step`` while probing."""
     had = {k: k in vars(pl_module) for k in ("log", "log_dict")}
     pl_module.log = lambda *a, **k: None  # type: ignore[method-assign]
@@ -258,13 +258,13 @@ class LLMPSOCallback(Callback):
             for step in range(self.probe_steps):
                 batch = train_batches[step % len(train_batches)]
 
-                def closure(batch=batch):
+                def closure(batch: Any = batch) -> torch.Tensor:
                     opt.zero_grad()
                     loss = self.loss_fn(pl_module, batch)
                     loss.backward()
                     return loss
 
-                opt.step(closure)
+                opt.step(closure)  # type: ignore[arg-type]  # torch's stub: closures return float
         pl_module.eval()
         total = 0.0
         with torch.no_grad():
@@ -317,6 +317,7 @@ class LLMPSOCallback(Callback):
                 except (TypeError, ValueError, KeyError):
                     pass  # current value outside the space's types: keep the drawn one
         candidates = strategy.broadcast(candidates, src=0)
+        assert candidates is not None
 
         scores: list[float] = []
         try:
@@ -342,12 +343,13 @@ class LLMPSOCallback(Callback):
             pl_module.train(was_training)
 
         # -- rank 0 tells the strategy and chooses; everyone applies the broadcast choice ---
-        choice = None
+        choice: dict[str, Any] | None = None
         if trainer.is_global_zero:
             self.strategy.tell(candidates, scores)
             i = min(range(len(scores)), key=scores.__getitem__)
             choice = {"values": candidates[i], "score": scores[i]}
         choice = strategy.broadcast(choice, src=0)
+        assert choice is not None
         self.current = dict(choice["values"])
         self._apply(opt, self.current)
         self.decisions += 1

@@ -56,6 +56,7 @@ def evaluate_particles(
         with torch.enable_grad(), publish(request):
             loss = closure()
         if i == 0 and request.fulfilled:
+            assert request.losses is not None
             return request.losses, request.grads
         losses[i] = as_scalar_loss(loss).to(device=device, dtype=torch.float32)
         if grads is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +127,9 @@ class VectorizedClosure:
             return loss.reshape(())
 
         fn = grad_and_value(loss_of) if request.need_grads else loss_of
-        out = vmap(fn, randomness="different", chunk_size=self.chunk_size)(tuple(request.positions))
+        out: Any = vmap(fn, randomness="different", chunk_size=self.chunk_size)(
+            tuple(request.positions)
+        )
         if request.need_grads:
             grads, losses = out
             return losses.detach().float(), [g.detach() for g in grads]

@@ -60,6 +60,7 @@ class SwarmRandom:
     def get_state(self) -> dict[str, Any]:
         if self._np is not None:
             return {"kind": "pcg64", "state": self._np.bit_generator.state}
+        assert self._torch is not None
         return {"kind": "torch", "state": self._torch.get_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -72,4 +73,5 @@ class SwarmRandom:
         if self._np is not None:
             self._np.bit_generator.state = state["state"]
         else:
+            assert self._torch is not None
             self._torch.set_state(state["state"].cpu())

@@ -68,7 +68,7 @@ def minimize(
 
     Stops as soon as a value ``<= target`` is seen or after ``budget`` objective calls
     (a batch is cut short at the budget). ``strategy`` is a name for
-    :func:`~hgpso.tune.strategies.make_strategy` (with ``population``, ``seed`` and
+    :func:`~hgpso.tune.make_strategy` (with ``population``, ``seed`` and
     ``strategy_kwargs``, e.g. ``llm=LLMClient(...)``, ``k=2``) or a ready instance.
     ``callback(call_index, point, value)`` runs after every objective call.
     """

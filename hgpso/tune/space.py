@@ -19,7 +19,7 @@ the continuous cube while objectives only ever see typed, in-bound values.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,7 +214,7 @@ class SearchSpace(Mapping):
     def __getitem__(self, key: str) -> Param:
         return self._params[key]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._params)
 
     def __len__(self) -> int:

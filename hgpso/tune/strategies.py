@@ -197,7 +197,7 @@ class RandomSearch(Strategy):
 
     name = "random"
 
-    def _ask_unit(self, initial):
+    def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         return initial if initial is not None else self.space.sample_unit(self.rng, self.population)
 
 
@@ -260,7 +260,7 @@ class PSO(Strategy):
         self.x = np.clip(new_x, 0.0, 1.0)
         self.v[hit] = 0.0
 
-    def _ask_unit(self, initial):
+    def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         if initial is not None:
             self.x = initial.copy()
             v0 = self.init_velocity
@@ -269,10 +269,10 @@ class PSO(Strategy):
         self._move()
         return self.x
 
-    def _replace_unit(self, index, u):
+    def _replace_unit(self, index: int, u: np.ndarray) -> None:
         self.x[index] = u
 
-    def _tell_unit(self, u, values):
+    def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         self.values = values.copy()
         better = values < self.pbest_val
         self.pbest[better] = u[better]
@@ -342,7 +342,7 @@ class GA(Strategy):
             kids.append(self.mutate(self.crossover(parents[i], parents[j])))
         return np.array(kids).reshape(n, self.space.dim)
 
-    def _ask_unit(self, initial):
+    def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         if initial is not None:
             self._n_parents_in_batch = 0
             self._parents = np.zeros((0, self.space.dim))
@@ -357,10 +357,10 @@ class GA(Strategy):
         self._n_parents_in_batch = 0
         return children
 
-    def _children(self, parents, parents_val, n):
+    def _children(self, parents: np.ndarray, parents_val: np.ndarray, n: int) -> np.ndarray:
         return self.make_children(parents, n)
 
-    def _tell_unit(self, u, values):
+    def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         if self._n_parents_in_batch:
             self.pop, self.pop_val = u, values
         else:
@@ -392,6 +392,13 @@ class _LLMMixin:
     """Shared LLM plumbing: configuration, the proposal call and the fallback counter."""
 
     llm: LLMClient
+    # provided by the Strategy this is mixed into (annotations only, for the type checker)
+    name: str
+    space: SearchSpace
+    population: int
+    iteration: int
+    history: list[tuple[dict[str, Any], float]]
+    _tried: set[tuple]
 
     def _init_llm(
         self,
@@ -488,7 +495,7 @@ class LLMPSO(_LLMMixin, PSO):
             f'Answer as JSON: {{"points": [{{...}}, ...]}} with exactly {k} points.'
         )
 
-    def _ask_unit(self, initial):
+    def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         x = super()._ask_unit(initial)
         if not self._llm_turn():
             return x
@@ -560,7 +567,7 @@ class LLMGA(_LLMMixin, GA):
     def _n_parents_offset(self) -> int:
         return math.ceil(self.population / 2) if self.reevaluate_parents else 0
 
-    def _children(self, parents, parents_val, n):
+    def _children(self, parents: np.ndarray, parents_val: np.ndarray, n: int) -> np.ndarray:
         kids = self.make_children(parents, n)
         self._llm_rows = []
         if not self._llm_turn() or n == 0:
@@ -575,7 +582,7 @@ class LLMGA(_LLMMixin, GA):
             self._llm_rows.append((row, point, ref))
         return kids
 
-    def _tell_unit(self, u, values):
+    def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         offset = self._n_parents_in_batch
         for row, point, ref in self._llm_rows:
             v = float(values[offset + row])
