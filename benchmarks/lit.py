@@ -24,7 +24,7 @@ from torch import nn
 
 from benchmarks.metrics import Stopwatch, accuracy, passes_per_step
 
-# documented, tuned defaults (see README.md, "Training benchmark" for how they were chosen)
+# documented, tuned defaults (docs/guides/benchmarks.md, "Tuning", says how they were chosen)
 DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.05, "momentum": 0.9},
     "adam": {"lr": 1e-3},

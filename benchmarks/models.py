@@ -1,5 +1,5 @@
 """Models of the training benchmark, one per dataset (the paper does not give sizes; ours are
-documented in README.md, "Training benchmark").
+documented in docs/guides/benchmarks.md, "Models").
 
 * :class:`FashionCNN` - two 3x3 conv layers (16 and 32 channels, ReLU, 2x2 max-pool each), a
   128-unit hidden layer and a 10-way output: 206,922 parameters on 1x28x28 inputs.

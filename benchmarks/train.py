@@ -1,6 +1,6 @@
 """Training benchmark: SGD, Adam, PSO and HG-PSO on Fashion-MNIST, SVHN, Tiny ImageNet, digits.
 
-Usage (see README.md, "Training benchmark")::
+Usage (see docs/guides/benchmarks.md)::
 
     hgpso-train --dataset fashion-mnist --optimizers sgd adam pso hgpso --seeds 0 1 2 \
         --epochs 2 --out runs/fashion-mnist
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root",
         default=None,
-        help="directory holding the data set files (see the README, section Training benchmark)",
+        help="directory holding the data set files (see docs/guides/benchmarks.md, Data)",
     )
     p.add_argument(
         "--no-download",

@@ -100,9 +100,8 @@ class HGPSO(SwarmOptimizer):
         inertia: :math:`w` (default: 0.9).
         cognitive: :math:`c_1`, pull toward the particle's own best (default: 0.1).
         social: :math:`c_2`, pull toward the global best (default: 0.1). Held-out tuning on
-            Fashion-MNIST (README, training benchmark) scored 85.5% with 0.1
-            against 76.5-82.2% with 0.5: a strong pull toward other positions slows the
-            gradient-momentum term.
+            Fashion-MNIST favoured 0.1 over 0.5: a strong pull toward other positions slows
+            the gradient-momentum term (see the benchmarks guide).
         max_velocity: clamp of each velocity element, or ``None`` (default: None).
         init_spread: standard deviation :math:`\sigma` of the Gaussian noise that scatters
             particles :math:`2..N` around the initial weights, and re-seeded particles around
