@@ -44,10 +44,9 @@ class VectorizedClosure:
     either with ``torch.func.functional_call`` and ``torch.func.grad_and_value`` mapped over
     the particle dimension by ``torch.func.vmap`` (``strategy="vmap"``), or by a Python loop
     that loads each particle into the model and runs ordinary autograd (``strategy="loop"``,
-    no function-transform overhead). ``"auto"`` picks ``vmap`` on CUDA and the loop on CPU:
-    on our idle 2-core CPU (torch 2.14, Fashion-MNIST CNN, batch 128) vmap cost 1.35-2.7x
-    N Adam steps at N = 1-64 against 1.03-1.2x for the loop (``python -m
-    benchmarks.step_time``).
+    no function-transform overhead). ``"auto"`` picks ``vmap`` on CUDA and the loop on CPU,
+    where a vmapped convolution measured slower than the loop (see the step-time benchmark,
+    ``python -m benchmarks.step_time``).
     Dropout draws independent randomness for each particle. Parameters of ``model`` that
     the optimizer does not own (frozen ones) and all buffers are shared by every particle.
 

@@ -69,9 +69,9 @@ class HGPSO(SwarmOptimizer):
     unconfirmed best fades within about :math:`1/\phi` steps. The default ``forget=1``
     keeps no memory across batches: every particle's personal best is its latest position,
     the global best is the particle that did best on the current batch, and the swarm pulls
-    toward it. On sklearn's digits (MLP, 4 particles, 6 epochs) that scored 95.3% test
-    accuracy against 88.6-92.6% for ``forget`` in 0.05-0.9, where stale bests drag particles
-    (and the model, which holds the global best) back to old positions. Use ``forget < 1``
+    toward it. With memory, stale bests drag particles (and the model, which holds the
+    global best) back to old positions; see the hyperparameters guide for the measured
+    comparison. Use ``forget < 1``
     (``0`` is the classic rule) for deterministic objectives such as full-batch losses.
 
     **Adaptation** (``adaptive=True``, the default; ``False`` keeps every coefficient at
