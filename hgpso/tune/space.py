@@ -54,12 +54,15 @@ class Param:
 def _as_number(value: Any) -> float:
     if isinstance(value, bool):
         raise TypeError("booleans are not numbers here")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        out = float(value)
-    elif isinstance(value, str):
-        out = float(value.strip())  # ValueError on garbage
-    else:
-        raise TypeError(f"expected a number, got {type(value).__name__}")
+    try:
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            out = float(value)
+        elif isinstance(value, str):
+            out = float(value.strip())  # ValueError on garbage
+        else:
+            raise TypeError(f"expected a number, got {type(value).__name__}")
+    except OverflowError as e:  # a 400-digit integer from an LLM answer
+        raise ValueError("number too large") from e
     if not math.isfinite(out):
         raise ValueError("non-finite number")
     return out

@@ -164,7 +164,8 @@ class Strategy:
 
 def _to_plain(v: Any) -> Any:
     if isinstance(v, np.ndarray):
-        return {"__nd__": v.tolist(), "dtype": str(v.dtype)}
+        # The shape is kept so empty arrays (e.g. GA's parents before the first tell) round-trip.
+        return {"__nd__": v.tolist(), "dtype": str(v.dtype), "shape": list(v.shape)}
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     if isinstance(v, dict):
@@ -177,7 +178,8 @@ def _to_plain(v: Any) -> Any:
 def _from_plain(v: Any) -> Any:
     if isinstance(v, dict):
         if "__nd__" in v:
-            return np.array(v["__nd__"], dtype=v.get("dtype", "float64"))
+            arr = np.array(v["__nd__"], dtype=v.get("dtype", "float64"))
+            return arr.reshape(v["shape"]) if "shape" in v else arr
         return {k: _from_plain(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_from_plain(x) for x in v]
@@ -439,7 +441,8 @@ class _LLMMixin:
         try:
             answer = self.llm.complete_json(messages, schema)
             got = parse_points(answer, self.space, k, self._tried, self.llm.stats)
-        except (LLMError, ValueError) as e:
+        except (LLMError, ValueError, TypeError, RecursionError, OverflowError) as e:
+            # any malformed answer is a counted fallback, never an exception out of ask()
             reason = str(e)
         else:
             reason = f"only {len(got)} of {k} proposed points were valid and new"

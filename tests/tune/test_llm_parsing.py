@@ -76,3 +76,17 @@ def test_schema_shape():
     assert item["properties"]["n"] == {"type": "integer"}
     assert item["properties"]["act"] == {"enum": ["a", "b"]}
     assert set(item["required"]) == {"lr", "n", "act"}
+
+
+def test_huge_integers_are_rejected_points_not_crashes():
+    """float(10**400) raises OverflowError; validation turns it into a rejected point."""
+    import json
+
+    big = "9" * 400
+    text = '{"points": [{"lr": BIG, "n": 2, "act": "a"}, {"lr": 0.01, "n": BIG, "act": "b"},'
+    answer = json.loads((text + ' {"lr": 0.01, "n": 3, "act": "a"}]}').replace("BIG", big))
+    stats = LLMStats()
+    assert parse_points(answer, S, k=3, stats=stats) == [{"lr": 0.01, "n": 3, "act": "a"}]
+    assert stats.proposed == 3 and stats.rejected == 2 and stats.accepted == 1
+    with pytest.raises(ValueError, match="too large"):
+        S["n"].coerce(int(big))
