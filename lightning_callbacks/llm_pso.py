@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from hgpso.tune import LLMClient, SearchSpace, make_strategy
+from hgpso.tune.llm import scrub_secrets
 from hgpso.tune.space import Param
 
 __all__ = ["LLMPSOCallback"]
@@ -309,8 +310,9 @@ class LLMPSOCallback(Callback):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 candidates = self.strategy.ask()
-            for w in caught:
-                rank_zero_warn(str(w.message))
+            key = getattr(getattr(self.strategy, "llm", None), "_api_key", None)
+            for w in caught:  # re-emitted without any key an echoing server put in them
+                rank_zero_warn(scrub_secrets(str(w.message), [key] if key else []))
             if self.include_current and self.decisions == 0 and self.strategy.iteration == 0:
                 try:
                     candidates[0] = self.strategy.replace_pending(0, current)

@@ -28,8 +28,10 @@ that are empty or not parseable JSON. After that :meth:`LLMClient.complete_json`
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +46,7 @@ __all__ = [
     "extract_json",
     "parse_points",
     "points_schema",
+    "scrub_secrets",
 ]
 
 
@@ -76,29 +79,72 @@ class LLMStats:
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
+#: Replies longer than this many characters are rejected unparsed (a counted fallback): a
+#: points answer is a few hundred bytes, and a hostile megabyte reply must not cost seconds.
+MAX_REPLY_CHARS = 262_144
+#: At most this many ``{``/``[`` start positions are tried per candidate text; each try is
+#: one linear-time decode from an offset (no copy of the tail), so the work is bounded by
+#: ``MAX_DECODE_ATTEMPTS * len(text)``.
+MAX_DECODE_ATTEMPTS = 32
 
-def extract_json(text: str) -> Any:
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+(\s+[^'\",}\s]+)?"),
+    re.compile(r"(?i)\bbearer\s+[^\s'\",}]+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
+)
+
+
+def scrub_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with API keys, ``Bearer`` tokens and ``Authorization`` values replaced.
+
+    Used on every message built from a server's reply (errors and warnings), since a
+    hostile or misconfigured server may echo the request headers back in its error body.
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + "***", text)
+    text = _SECRET_PATTERNS[1].sub("Bearer ***", text)
+    return _SECRET_PATTERNS[2].sub("sk-***", text)
+
+
+def _decode_at(decoder: json.JSONDecoder, text: str, i: int) -> Any:
+    try:
+        return decoder.raw_decode(text, i)[0]
+    except (json.JSONDecodeError, RecursionError, OverflowError, ValueError):
+        return _NOTHING
+
+
+_NOTHING = object()
+_OPENERS = re.compile(r"[\[{]")
+
+
+def extract_json(text: str, max_attempts: int = MAX_DECODE_ATTEMPTS) -> Any:
     """Parse the first JSON value in ``text`` (tolerates code fences and chatter around it).
 
-    Raises :class:`ValueError` when no JSON object/array can be decoded.
+    Raises :class:`ValueError` when no JSON object/array can be decoded, when ``text`` is
+    longer than :data:`MAX_REPLY_CHARS`, or when the value nests too deeply to decode. The
+    work is linear in ``len(text)``: at most ``max_attempts`` decodes per candidate, each
+    starting at an offset of the same string.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError("empty answer")
+    if len(text) > MAX_REPLY_CHARS:
+        raise ValueError(f"answer of {len(text)} characters exceeds the {MAX_REPLY_CHARS} cap")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     decoder = json.JSONDecoder()
     for cand in candidates:
         cand = cand.strip()
         try:
             return json.loads(cand)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError, OverflowError):
             pass
-        for i, ch in enumerate(cand):
-            if ch in "{[":
-                try:
-                    value, _ = decoder.raw_decode(cand[i:])
-                    return value
-                except json.JSONDecodeError:
-                    continue
+        for attempt, m in enumerate(_OPENERS.finditer(cand)):
+            if attempt >= max_attempts:
+                break
+            value = _decode_at(decoder, cand, m.start())
+            if value is not _NOTHING:
+                return value
     raise ValueError("no JSON value found in answer")
 
 
@@ -165,7 +211,7 @@ def parse_points(
                     raise ValueError("wrong length")
                 item = dict(zip(space.names, item, strict=True))
             point = space.coerce(item)
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
             if stats is not None:
                 stats.rejected += 1
             continue
@@ -183,9 +229,31 @@ def parse_points(
     return out
 
 
-# response_format that each server (base URL) accepted in this process, so that new clients
-# do not renegotiate it with a rejected request each time.
-_ACCEPTED_FORMAT: dict[str, str] = {}
+# response_format that each (base URL, model) accepted in this process, so that new clients
+# do not renegotiate it with a rejected request each time. Only an error that names the
+# response format (see _FORMAT_REJECTED) writes here; any other 400 leaves it alone.
+_ACCEPTED_FORMAT: dict[tuple[str, str], str] = {}
+_FORMAT_REJECTED = re.compile(r"response_format|json_schema|json_object|schema|grammar", re.I)
+_MAX_MESSAGE = 300
+# what a malformed answer may raise while being decoded: all become counted failures
+_DECODE_ERRORS = (ValueError, RecursionError, OverflowError)
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    """``text`` without the API key or any ``Bearer`` token, cut to a few hundred characters."""
+    text = scrub_secrets(text, [secret] if secret else [])
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+
+def _retry_after(err: Exception) -> float | None:
+    """Seconds from a ``Retry-After`` header (numeric form), or ``None``."""
+    resp = getattr(err, "response", None)
+    value = getattr(resp, "headers", {}).get("retry-after") if resp is not None else None
+    try:
+        out = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return out if out is not None and math.isfinite(out) and out >= 0 else None
 
 
 def _env(*names: str) -> str | None:
@@ -202,7 +270,9 @@ class LLMClient:
     Args:
         base_url, model, api_key, temperature: see the module docstring for env fallbacks.
         max_tokens: cap on generated tokens per request (keeps CPU servers fast).
-        timeout: seconds per request.
+        timeout: wall-clock deadline in seconds for each HTTP request, from sending it to
+            the whole answer read (a server trickling bytes cannot stretch it). A request
+            past its deadline is abandoned on a daemon thread and counted as a failure.
         max_retries: extra attempts after a failed request (0 = one attempt only).
         response_format: ``"auto"`` (try a JSON schema, then a JSON object, then plain
             text, remembering what the server accepted), ``"json_schema"``,
@@ -246,7 +316,7 @@ class LLMClient:
         self.seed = seed
         self.backoff = float(backoff)
         if response_format == "auto":
-            known = _ACCEPTED_FORMAT.get(self.base_url or "")
+            known = _ACCEPTED_FORMAT.get((self.base_url or "", self.model))
             start = self._FORMATS.index(known) if known else 0
             self._formats = list(self._FORMATS[start:])
         else:
@@ -281,6 +351,38 @@ class LLMClient:
                 base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0
             )
         return self._client
+
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        """``chat.completions.create`` under a hard wall-clock deadline of ``self.timeout``.
+
+        httpx's timeout bounds each socket read, so a server sending one byte a second never
+        trips it. The request runs on a daemon thread that we stop waiting for at the
+        deadline; the abandoned thread ends when its socket read times out or the server
+        finishes, and its result is dropped.
+        """
+        import openai
+
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["resp"] = self.client.chat.completions.create(**kwargs)
+            except BaseException as e:  # handed to the caller's thread
+                box["err"] = e
+
+        t = threading.Thread(target=work, name="hgpso-llm-request", daemon=True)
+        t.start()
+        t.join(self.timeout)
+        if t.is_alive():
+            raise openai.APITimeoutError(request=_dummy_request(self.base_url))
+        if "err" in box:
+            raise box["err"]
+        return box["resp"]
+
+    def _downgrade(self) -> None:
+        self._formats.pop(0)
+        _ACCEPTED_FORMAT[(self.base_url or "", self.model or "")] = self._formats[0]
+        self.stats.negotiations += 1
 
     def _response_format(self, schema: dict | None) -> dict | None:
         fmt = self._formats[0]
@@ -323,44 +425,40 @@ class LLMClient:
             self.stats.calls += 1
             t0 = time.perf_counter()
             try:
-                resp = self.client.chat.completions.create(**kwargs)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
-                self.stats.seconds += time.perf_counter() - t0
-                self.stats.failures += 1
-                last = e
-                # The server rejected the request shape (400/422, e.g. llama.cpp does not know
-                # "json_schema"): try a simpler response_format and remember it per server.
-                if rf is not None and len(self._formats) > 1:
-                    self._formats.pop(0)
-                    _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
-                    negotiations += 1
-                    self.stats.negotiations += 1
-                    continue
-                break
+                resp = self._create(kwargs)
             except openai.RateLimitError as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
-                time.sleep(min(self.backoff * 2**attempt, 10.0))
+                wait = _retry_after(e)
+                if wait is None:
+                    wait = self.backoff * 2**attempt
+                # a Retry-After longer than one request deadline is not worth sleeping through
+                time.sleep(min(wait, self.timeout, 60.0))
                 continue
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
                 continue
-            except openai.APIStatusError as e:  # 5xx and other statuses
+            except openai.APIStatusError as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
-                # llama-cpp-python answers an unknown response_format with a 500 whose body
-                # names the field: treat it like a 400 and downgrade.
-                if rf is not None and len(self._formats) > 1 and "response_format" in str(e):
-                    self._formats.pop(0)
-                    _ACCEPTED_FORMAT[self.base_url or ""] = self._formats[0]
+                # Downgrade the response_format only when the server says that is what it
+                # rejects (llama-cpp-python answers json_schema with a 500 naming the field);
+                # an unrelated 400 (bad key, context too long) must not change the format.
+                code = e.status_code or 0
+                if (
+                    rf is not None
+                    and len(self._formats) > 1
+                    and code in (400, 422, 500)
+                    and _FORMAT_REJECTED.search(str(e))
+                ):
+                    self._downgrade()
                     negotiations += 1
-                    self.stats.negotiations += 1
                     continue
-                if e.status_code is not None and e.status_code < 500:
+                if code < 500:
                     break
                 time.sleep(min(self.backoff * 2**attempt, 10.0) * 0.1)
                 continue
@@ -377,8 +475,15 @@ class LLMClient:
             try:
                 text = resp.choices[0].message.content
                 return extract_json(text)
-            except (AttributeError, IndexError, TypeError, ValueError) as e:
+            except (AttributeError, IndexError, TypeError, *_DECODE_ERRORS) as e:
                 self.stats.failures += 1
                 last = e
                 continue
-        raise LLMError(f"no usable LLM answer after {self.max_retries + 1} attempt(s): {last!r}")
+        detail = _scrub(f"{type(last).__name__}: {last}", self._api_key)
+        raise LLMError(f"no usable LLM answer after {attempt + 1} attempt(s): {detail}")
+
+
+def _dummy_request(base_url: str | None) -> Any:
+    import httpx
+
+    return httpx.Request("POST", f"{base_url or 'https://api.openai.com/v1'}/chat/completions")

@@ -57,7 +57,8 @@ class FakeLLM:
 
     ``script`` is a list of replies consumed one per request: ``("ok", content)``,
     ``("status", code)``, ``("error", (code, message))``, ``("sleep", seconds)`` (answers
-    too late) or ``("raw", bytes)``.
+    too late), ``("raw", bytes)``, ``("trickle", (content, seconds_per_byte))`` (a valid
+    answer sent one byte at a time) or ``("retry_after", (code, seconds))``.
     When the script is empty the ``default`` reply is used. Requests are recorded.
     """
 
@@ -80,7 +81,26 @@ class FakeLLM:
                 if kind == "sleep":
                     time.sleep(arg)
                     kind, arg = "ok", '{"points": []}'
-                if kind == "ok":
+                extra: dict[str, str] = {}
+                if kind == "trickle":
+                    body = json.dumps(chat_body(arg[0])).encode()
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(arg[1])
+                    except (BrokenPipeError, ConnectionResetError, OSError):
+                        pass
+                    return
+                if kind == "retry_after":
+                    code, after = arg
+                    payload = json.dumps({"error": {"message": "slow down"}}).encode()
+                    extra["Retry-After"] = str(after)
+                elif kind == "ok":
                     payload = json.dumps(chat_body(arg)).encode()
                     code = 200
                 elif kind == "raw":
@@ -95,8 +115,10 @@ class FakeLLM:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
-                    if code == 429:
+                    if code == 429 and not extra:
                         self.send_header("Retry-After", "0")
+                    for k, v in extra.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):

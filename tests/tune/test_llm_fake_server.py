@@ -65,7 +65,14 @@ def test_timeout_is_bounded(fake_llm):
 
 
 def test_bad_request_downgrades_response_format(fake_llm):
-    fake_llm.script = [("status", 422), ("status", 400), good((0.3, 0.3)), good((0.1, 0.1))]
+    # only errors that name the response format downgrade it (see test_llm_hostile for a 400
+    # about something else)
+    fake_llm.script = [
+        ("error", (422, "response_format type json_schema is not supported")),
+        ("error", (400, "unknown field: response_format")),
+        good((0.3, 0.3)),
+        good((0.1, 0.1)),
+    ]
     c = client(fake_llm)
     assert c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
     kinds = [r.get("response_format", {}).get("type") for r in fake_llm.requests]
@@ -171,7 +178,10 @@ def test_llm_settings_validation(monkeypatch):
 
 
 def test_format_negotiation_does_not_use_up_retries(fake_llm):
-    fake_llm.script = [("status", 422), good((0.2, 0.2))]
+    fake_llm.script = [
+        ("error", (422, "json_schema response_format unsupported")),
+        good((0.2, 0.2)),
+    ]
     c = client(fake_llm, max_retries=0)
     assert c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
     assert c.stats.calls == 2 and c.stats.retries == 0 and c.stats.negotiations == 1

@@ -1,0 +1,186 @@
+"""A hostile OpenAI-compatible server (fake, on loopback): nothing it sends escapes ``ask()``.
+
+Each case of issue 13 ("LLM client and strategies") has a test here: deeply nested and
+huge answers, numbers too large for a float, a server trickling one byte at a time,
+Retry-After, truthful attempt counts, secrets echoed back, and an unrelated 400.
+"""
+
+import json
+import time
+import warnings
+
+import pytest
+
+from hgpso.tune import LLMPSO, Float, LLMClient, LLMError, SearchSpace
+from hgpso.tune import llm as llm_mod
+from hgpso.tune.llm import MAX_DECODE_ATTEMPTS, MAX_REPLY_CHARS, extract_json, parse_points
+
+SPACE = SearchSpace({"x": Float(-1.0, 1.0), "y": Float(-1.0, 1.0)})
+SECRET = "sk-hostile-SECRET-987"
+
+
+def client(fake, **kw):
+    kw.setdefault("max_retries", 1)
+    kw.setdefault("timeout", 5.0)
+    kw.setdefault("backoff", 0.01)
+    return LLMClient(base_url=fake.url, model="fake", api_key=SECRET, **kw)
+
+
+def ask_with_fallback(st):
+    """One ``ask()`` that must not raise; returns the points and the warnings' texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pts = st.ask()
+    return pts, [str(w.message) for w in caught]
+
+
+def llm_round(fake, content, **kw):
+    """A strategy whose second ``ask()`` is an LLM round answered by ``content``."""
+    st = LLMPSO(SPACE, population=4, seed=0, llm=client(fake, **kw), k=2)
+    first = st.ask()
+    st.tell(first, [float(i) for i in range(len(first))])
+    fake.default = ("ok", content)
+    pts, msgs = ask_with_fallback(st)
+    assert len(pts) == 4  # the plain PSO move filled in
+    return st, msgs
+
+
+def test_deep_nesting_is_a_counted_fallback(fake_llm):
+    with pytest.raises(ValueError):
+        extract_json("[" * 100_000)
+    st, msgs = llm_round(fake_llm, "[" * 100_000)
+    assert st.llm_stats.fallbacks == 1 and any("LLM" in m for m in msgs)
+
+
+def test_400_digit_integer_is_rejected_not_raised(fake_llm):
+    big = "9" * 400
+    answer = f'{{"points": [{{"x": {big}, "y": 0.1}}, {{"x": 0.2, "y": -{big}}}]}}'
+    assert parse_points(answer, SPACE, 2) == []
+    st, _ = llm_round(fake_llm, answer)
+    assert st.llm_stats.fallbacks == 1 and st.llm_stats.rejected == 2
+
+
+def test_decoding_is_bounded_per_answer(monkeypatch):
+    """The work is at most MAX_DECODE_ATTEMPTS decodes per candidate, each from an offset."""
+    calls = []
+    real = json.JSONDecoder.raw_decode
+
+    def counting(self, s, idx=0):
+        calls.append((len(s), idx))
+        return real(self, s, idx)
+
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", counting)
+    text = '{"a" ' * (MAX_REPLY_CHARS // 5 - 1)  # 52k openers, none decodes
+    with pytest.raises(ValueError):
+        extract_json(text)
+    decodes = [c for c in calls if c[1] > 0 or c[0] == len(text.strip())]
+    # json.loads of the whole text goes through raw_decode once, then the bounded scan
+    assert len(decodes) <= MAX_DECODE_ATTEMPTS + 1
+    # no tail copies: every decode gets the same (stripped) string
+    assert {n for n, _ in calls} == {len(text.strip())}
+
+
+def test_5mb_reply_is_rejected_within_a_bound(fake_llm):
+    # The 5 s bound is a guard against the old quadratic scan (150 s+), not a speed claim.
+    hostile = '{"a" ' * (5 * 1024 * 1024 // 5)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="cap"):
+        extract_json(hostile)
+    st, _ = llm_round(fake_llm, hostile, max_retries=0)
+    assert time.perf_counter() - t0 < 5.0 * 3  # shared CPU: generous
+    assert st.llm_stats.fallbacks == 1
+
+
+def test_trickling_server_hits_the_wall_clock_deadline(fake_llm):
+    # a valid answer, one byte each 0.5 s: ~120 s to send; each read returns within 0.5 s
+    fake_llm.script = [("trickle", ('{"points": []}', 0.5))]
+    c = client(fake_llm, timeout=2.0, max_retries=0)
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError):
+        c.complete_json([{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - t0 < 8.0
+    assert c.stats.failures == 1
+
+
+def test_retry_after_is_honoured_and_bounded(fake_llm):
+    fake_llm.script = [("retry_after", (429, 1)), ("ok", '{"points": []}')]
+    c = client(fake_llm, max_retries=1)
+    t0 = time.perf_counter()
+    assert c.complete_json([{"role": "user", "content": "hi"}]) == {"points": []}
+    assert time.perf_counter() - t0 >= 1.0
+    # an absurd Retry-After is capped: no hour-long sleep
+    fake_llm.script = [("retry_after", (429, 3600)), ("ok", '{"points": []}')]
+    c = client(fake_llm, max_retries=1, timeout=2.0)
+    t0 = time.perf_counter()
+    c.complete_json([{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - t0 < 15.0
+
+
+def test_401_reports_the_attempts_really_made(fake_llm):
+    fake_llm.script = [("error", (401, "invalid key"))]
+    c = client(fake_llm, max_retries=2)
+    with pytest.raises(LLMError, match=r"after 1 attempt\(s\)"):
+        c.complete_json([{"role": "user", "content": "hi"}])
+    assert c.stats.calls == 1
+
+
+def test_echoed_secrets_never_reach_errors_or_warnings(fake_llm):
+    echo = f"bad request; you sent Authorization: Bearer {SECRET} and api_key={SECRET}"
+    fake_llm.default = ("error", (403, echo))
+    c = client(fake_llm, max_retries=0)
+    with pytest.raises(LLMError) as ei:
+        c.complete_json([{"role": "user", "content": "hi"}])
+    assert SECRET not in str(ei.value) and "***" in str(ei.value)
+    st = LLMPSO(SPACE, population=4, seed=0, llm=client(fake_llm, max_retries=0), k=2)
+    st.tell(st.ask(), [0.0, 1.0, 2.0, 3.0])
+    _, msgs = ask_with_fallback(st)
+    assert msgs and all(SECRET not in m for m in msgs)
+
+
+def test_unrelated_400_does_not_downgrade_the_format(fake_llm, monkeypatch):
+    monkeypatch.setattr(llm_mod, "_ACCEPTED_FORMAT", {})
+    fake_llm.script = [("error", (400, "This model's maximum context length is 8192 tokens"))]
+    c = client(fake_llm, max_retries=0)
+    with pytest.raises(LLMError):
+        c.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
+    assert c.describe()["response_format"] == "json_schema"
+    fake_llm.script = [("ok", '{"points": []}')]
+    c2 = client(fake_llm)
+    c2.complete_json([{"role": "user", "content": "hi"}], {"type": "object"})
+    assert fake_llm.requests[-1]["response_format"]["type"] == "json_schema"
+    assert llm_mod._ACCEPTED_FORMAT.get((fake_llm.url, "fake")) in (None, "json_schema")
+
+
+def test_trainer_fit_survives_hostile_answers_and_warnings_are_scrubbed(fake_llm):
+    pytest.importorskip("lightning")
+    import lightning.pytorch as pl
+
+    from lightning_callbacks import LLMPSOCallback
+
+    from .test_callback_llm import Reg
+
+    big = "9" * 400
+    fake_llm.script = [
+        ("ok", "[" * 100_000),
+        ("ok", f'{{"points": [{{"lr": {big}, "momentum": 0.1}}]}}'),
+        ("error", (403, f"echo: Authorization: Bearer {SECRET}")),
+    ]
+    fake_llm.default = ("ok", "[" * 100_000)
+    llm = client(fake_llm, max_retries=0)
+    space = {"lr": Float(1e-3, 0.5, log=True), "momentum": Float(0.0, 0.9)}
+    cb = LLMPSOCallback(space, strategy="llm_pso", population=3, probe_steps=1, llm=llm, k=1)
+    t = pl.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(Reg())
+    assert cb.decisions == 4 and t.current_epoch == 4
+    assert cb.strategy.llm_stats.fallbacks >= 3
+    assert all(SECRET not in str(w.message) for w in caught)
