@@ -360,7 +360,6 @@ class LLMClient:
         deadline; the abandoned thread ends when its socket read times out or the server
         finishes, and its result is dropped.
         """
-        import openai
 
         box: dict[str, Any] = {}
 
@@ -374,7 +373,7 @@ class LLMClient:
         t.start()
         t.join(self.timeout)
         if t.is_alive():
-            raise openai.APITimeoutError(request=_dummy_request(self.base_url))
+            raise TimeoutError(f"no complete answer within the {self.timeout} s deadline")
         if "err" in box:
             raise box["err"]
         return box["resp"]
@@ -436,7 +435,7 @@ class LLMClient:
                 # a Retry-After longer than one request deadline is not worth sleeping through
                 time.sleep(min(wait, self.timeout, 60.0))
                 continue
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            except (openai.APITimeoutError, openai.APIConnectionError, TimeoutError) as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
                 last = e
@@ -481,9 +480,3 @@ class LLMClient:
                 continue
         detail = _scrub(f"{type(last).__name__}: {last}", self._api_key)
         raise LLMError(f"no usable LLM answer after {attempt + 1} attempt(s): {detail}")
-
-
-def _dummy_request(base_url: str | None) -> Any:
-    import httpx
-
-    return httpx.Request("POST", f"{base_url or 'https://api.openai.com/v1'}/chat/completions")
