@@ -151,6 +151,7 @@ class LLMPSOCallback(Callback):
             kwargs.setdefault("reevaluate_parents", True)
         # make_strategy validates the name and the strategy arguments with clear errors
         self.strategy = make_strategy(strategy, space, population=population, seed=seed, **kwargs)
+        self.seed = int(seed)
         self.space = space
         self.strategy_name = strategy
         self.interval = interval
@@ -163,6 +164,7 @@ class LLMPSOCallback(Callback):
         self.current: dict[str, Any] | None = None  # values applied by the last decision
         self.decisions = 0
         self.rounds: list[dict[str, Any]] = []  # one record per decision
+        self._restored = False  # load_state_dict ran (a resume)
 
     # ------------------------------------------------------------------ Lightning hooks --
     @property
@@ -192,6 +194,17 @@ class LLMPSOCallback(Callback):
         if self.current is not None:
             self._apply(trainer.optimizers[0], self.current)
             rank_zero_info(f"LLMPSOCallback: restored tuned values {self.current}")
+        # A checkpoint saved on an epoch's last batch (before on_train_epoch_end) resumes at
+        # the next epoch: the decision due at the end of the saved epoch never ran. Make it
+        # now, so a resumed run decides exactly as an uninterrupted one.
+        missed = trainer.current_epoch - 1
+        if (
+            self._restored
+            and missed >= 0
+            and (missed + 1) % self.interval == 0
+            and not any(r.get("epoch") == missed for r in self.rounds)
+        ):
+            self._decide(trainer, pl_module, epoch=missed)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.interval:
@@ -224,6 +237,7 @@ class LLMPSOCallback(Callback):
         self.current = data.get("current")
         self.decisions = int(data.get("decisions", 0))
         self.rounds = list(data.get("rounds", []))
+        self._restored = True
 
     # ------------------------------------------------------------------ internals -------
     @staticmethod
@@ -275,7 +289,10 @@ class LLMPSOCallback(Callback):
         score = total / max(len(eval_batches), 1)
         return score if math.isfinite(score) else math.inf
 
-    def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _decide(
+        self, trainer: Trainer, pl_module: LightningModule, epoch: int | None = None
+    ) -> None:
+        epoch = trainer.current_epoch if epoch is None else epoch
         opt = trainer.optimizers[0]
         strategy = trainer.strategy
         was_training = pl_module.training
@@ -287,6 +304,10 @@ class LLMPSOCallback(Callback):
         opt_state = copy.deepcopy(opt.state_dict())
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        # Probe batches (a shuffled loader draws from the global RNG) come from a seed fixed by
+        # (seed, epoch): a run resumed from a checkpoint probes the same batches as an
+        # uninterrupted one. The caller's RNG state is restored below.
+        torch.manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         train_b = [
             strategy.batch_to_device(b)
             for b in self._batches(trainer.train_dataloader, self.probe_steps)
@@ -302,6 +323,8 @@ class LLMPSOCallback(Callback):
         if not train_b or not eval_b:
             rank_zero_warn("LLMPSOCallback: no batches to probe with; skipping this decision")
             torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
             return
 
         # -- rank 0 draws the candidates (the only rank that may call the LLM) -------------
@@ -356,7 +379,7 @@ class LLMPSOCallback(Callback):
         self._apply(opt, self.current)
         self.decisions += 1
         record = {
-            "epoch": trainer.current_epoch,
+            "epoch": epoch,
             "step": trainer.global_step,
             "chosen": self.current,
             "score": choice["score"],
@@ -376,7 +399,7 @@ class LLMPSOCallback(Callback):
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
         if self.verbose:
             rank_zero_info(
-                f"LLMPSOCallback epoch {trainer.current_epoch}: {record['chosen']} "
+                f"LLMPSOCallback epoch {epoch}: {record['chosen']} "
                 f"(probe score {choice['score']:.4g})"
             )
 

@@ -184,3 +184,34 @@ def test_tunes_hgpso_hyperparameters(tmp_path):
     g = t.optimizers[0].param_groups[0]
     assert g["lr"] == cb.current["lr"] and g["inertia"] == cb.current["inertia"]
     assert all(torch.isfinite(torch.tensor(r["score"])) for r in cb.rounds)
+
+
+def test_resume_from_a_checkpoint_saved_on_the_last_batch_makes_every_decision(tmp_path):
+    """Saved on epoch 2's last batch (before on_train_epoch_end): the due decision still runs."""
+
+    def make_cb():
+        return LLMPSOCallback(SGD_SPACE, strategy="pso", population=3, probe_steps=2, seed=4)
+
+    steps_per_epoch = len(Reg().train_dataloader())
+    torch.manual_seed(0)
+    ref = make_cb()
+    trainer(tmp_path / "ref", [ref], 4).fit(Reg())
+
+    torch.manual_seed(0)
+    first = make_cb()
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ck",
+        filename="last-batch",
+        every_n_train_steps=2 * steps_per_epoch,  # saved in on_train_batch_end of epoch 2
+        save_top_k=-1,
+    )
+    trainer(tmp_path / "a", [first, ckpt], 2, enable_checkpointing=True).fit(Reg())
+    saved = torch.load(tmp_path / "ck" / "last-batch.ckpt", weights_only=True)
+    assert saved["global_step"] == 2 * steps_per_epoch
+    torch.manual_seed(999)
+    resumed = make_cb()
+    t = trainer(tmp_path / "b", [resumed], 4, enable_checkpointing=False)
+    t.fit(Reg(lr=0.3), ckpt_path=str(tmp_path / "ck" / "last-batch.ckpt"))
+    assert resumed.decisions == ref.decisions == 4
+    assert [r["epoch"] for r in resumed.rounds] == [0, 1, 2, 3]
+    assert [r["candidates"] for r in resumed.rounds] == [r["candidates"] for r in ref.rounds]
