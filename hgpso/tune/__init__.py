@@ -5,7 +5,10 @@
 Strategies: ``random``, ``pso``, ``ga`` (paper 003), ``llm_pso`` (papers 000/001: the LLM
 replaces the k worst particles) and ``llm_ga`` (paper 002: LLM-written children with
 Evolution-of-Thought feedback). ``openai`` is imported only when an LLM is actually called.
+``StrategySampler`` (the strategies as an Optuna sampler) imports ``optuna`` on first use.
 """
+
+from typing import Any
 
 from .driver import TuneResult, minimize
 from .llm import LLMClient, LLMError, LLMStats, extract_json, parse_points, points_schema
@@ -27,6 +30,7 @@ __all__ = [
     "RandomSearch",
     "SearchSpace",
     "Strategy",
+    "StrategySampler",
     "TuneResult",
     "extract_json",
     "make_strategy",
@@ -34,3 +38,12 @@ __all__ = [
     "parse_points",
     "points_schema",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # optuna is an optional dependency (the `tune` extra): import it only when asked for.
+    if name == "StrategySampler":
+        from .sampler import StrategySampler
+
+        return StrategySampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""StrategySampler on a shared SQLite file: two worker processes, then a resumed study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from hgpso.tune import StrategySampler
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, total = sys.argv[1], int(sys.argv[2])
+    study = optuna.load_study(study_name="s", storage=url,
+                              sampler=StrategySampler("pso", population=6, seed=0, timeout=120))
+    def obj(trial):
+        x = trial.suggest_float("x", -3.0, 3.0)
+        k = trial.suggest_int("k", 0, 5)
+        trial.set_user_attr("pid", os.getpid())
+        time.sleep(0.05)  # lets the two workers interleave
+        return x * x + (k - 2) ** 2
+    study.optimize(obj, callbacks=[MaxTrialsCallback(total, states=None)])
+    """
+)
+
+
+def _run_workers(tmp_path: Path, url: str, total: int, workers: int) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), url, str(total)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for p in procs:  # a hung or failed worker is stopped here, never left behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _generations(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    out: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if "hgpso:gen" in t.system_attrs:
+            out.setdefault(t.system_attrs["hgpso:gen"], []).append(t)
+    return out
+
+
+def _assert_one_population(study: optuna.Study, complete: int) -> None:
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    gens = _generations(study)
+    for g in range(complete):
+        cands = attrs[f"hgpso:candidates:{g}"]
+        assert len(cands) == 6
+        idx = sorted(t.system_attrs["hgpso:idx"] for t in gens[g])
+        assert idx == list(range(6)), (g, idx)  # complete, and no candidate issued twice
+        for t in gens[g]:
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.params == cands[t.system_attrs["hgpso:idx"]]  # from the ONE list
+
+
+@pytest.mark.timeout(900)
+def test_two_workers_share_one_population_then_resume(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    _run_workers(tmp_path, url, total=1 + 2 * 6, workers=2)
+    study = optuna.load_study(study_name="s", storage=url)
+    _assert_one_population(study, complete=2)
+    pids = {t.user_attrs["pid"] for g in (0, 1) for t in _generations(study)[g]}
+    assert len(pids) == 2  # both workers evaluated candidates of the shared generations
+    first = {t.number for t in study.trials}
+    n_first = len(first)
+    assert n_first <= 1 + 2 * 6 + 1  # at most one extra trial, which starts generation 2
+
+    # Resume in a new process: generations continue at 2, nothing is re-issued.
+    _run_workers(tmp_path, url, total=1 + 4 * 6, workers=1)
+    study = optuna.load_study(study_name="s", storage=url)
+    _assert_one_population(study, complete=4)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert attrs["hgpso:generation"] >= 3
+    gens = _generations(study)
+    new = [t for g in (2, 3) for t in gens[g] if t.number not in first]
+    assert len(new) >= 2 * 6 - (n_first - 13)
+    keys = [(g, t.system_attrs["hgpso:idx"]) for g, ts in gens.items() for t in ts]
+    assert len(keys) == len(set(keys))
+    # PSO moved: generation 3's candidates differ from generation 0's.
+    assert attrs["hgpso:candidates:3"] != attrs["hgpso:candidates:0"]
