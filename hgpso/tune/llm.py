@@ -123,7 +123,7 @@ def extract_json(text: str, max_attempts: int = MAX_DECODE_ATTEMPTS) -> Any:
     """Parse the first JSON value in ``text`` (tolerates code fences and chatter around it).
 
     Raises :class:`ValueError` when no JSON object/array can be decoded, when ``text`` is
-    longer than :data:`MAX_REPLY_CHARS`, or when the value nests too deeply to decode. The
+    longer than ``MAX_REPLY_CHARS`` (256 KiB), or when the value nests too deeply to decode. The
     work is linear in ``len(text)``: at most ``max_attempts`` decodes per candidate, each
     starting at an offset of the same string.
     """
