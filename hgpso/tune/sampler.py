@@ -30,6 +30,10 @@ study resumed in a new process continues it):
   A worker that dies holding a RUNNING trial blocks the generation: the others raise
   :class:`TimeoutError` after ``timeout`` seconds.
 * ``direction="maximize"`` studies are handled by negating values (strategies minimize).
+* Every trial of the study counts as a slot, so a study should be driven by this sampler
+  from its first trial: for a study that already holds trials from another sampler pass
+  ``n_startup_trials=len(study.trials) + 1``, and do not mix in ``study.enqueue_trial``
+  (an enqueued trial's fixed params would override its candidate).
 """
 
 from __future__ import annotations
