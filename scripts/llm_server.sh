@@ -10,10 +10,15 @@
 #   bash scripts/llm_server.sh env              # prints the export lines of the running server
 #   bash scripts/llm_server.sh stop             # idempotent
 #
-# Settings (environment): PYTHON, HGPSO_CACHE (default ~/.cache/hgpso; the GGUF file, pid,
-# env and log files live in $HGPSO_CACHE/llm), HGPSO_LLM_PORT (default: a free port),
+# Settings (environment): PYTHON, HGPSO_CACHE (default ~/.cache/hgpso; the GGUF file lives in
+# $HGPSO_CACHE/llm), HGPSO_LLM_RUN_ID (default: the caller's pid; each run id has its own state
+# directory $HGPSO_CACHE/llm/run-<id> with pid, port and log, so two test runs on one machine
+# never share or stop each other's server), HGPSO_LLM_PORT (default: a free port),
 # HGPSO_LLM_THREADS (default: nproc), HGPSO_LLM_CTX (default 2048),
 # HGPSO_LLM_HEALTH_TIMEOUT (seconds, default 180).
+# A process is adopted, health-checked or stopped only after checking it is ours: its command
+# line holds our model alias and port, and /v1/models on that port lists our alias. The state
+# file is parsed as key=value lines, never sourced. Every failure exits non-zero.
 # Only the export lines go to stdout; progress and errors go to stderr.
 set -euo pipefail
 
@@ -21,9 +26,11 @@ PYTHON="${PYTHON:-python3}"
 CACHE="${HGPSO_CACHE:-$HOME/.cache/hgpso}/llm"
 MODEL_FILE="$CACHE/gemma-3-270m-q4_k_m.gguf"
 MODEL_ALIAS="gemma-3-270m"
-PID_FILE="$CACHE/server.pid"
-ENV_FILE="$CACHE/server.env"
-LOG_FILE="$CACHE/server.log"
+RUN_ID="${HGPSO_LLM_RUN_ID:-$PPID}"
+[[ "$RUN_ID" =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || { echo "[llm_server] error: bad HGPSO_LLM_RUN_ID" >&2; exit 2; }
+RUN_DIR="$CACHE/run-$RUN_ID"
+STATE_FILE="$RUN_DIR/server.state"
+LOG_FILE="$RUN_DIR/server.log"
 HEALTH_TIMEOUT="${HGPSO_LLM_HEALTH_TIMEOUT:-180}"
 
 log() { echo "[llm_server] $*" >&2; }
@@ -51,33 +58,58 @@ print("[llm_server] model file:", g.assemble(sys.argv[1]))
 EOF
 }
 
+state() {  # state KEY -> the value of KEY=... in the state file (digits only), or nothing
+    [[ -f "$STATE_FILE" ]] || return 0
+    sed -n "s/^$1=\([0-9]\{1,10\}\)\$/\1/p" "$STATE_FILE" | head -n 1
+}
+
+is_ours() {  # is_ours PID PORT -> 0 when PID runs with our model alias and port on its cmdline
+    local pid="$1" port="$2" cmd
+    [[ "$pid" =~ ^[0-9]+$ && "$port" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    [[ " $cmd " == *" $MODEL_ALIAS "* && " $cmd " == *" $port "* ]]
+}
+
 pid_alive() {
-    [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+    is_ours "$(state pid)" "$(state port)"
+}
+
+env_lines() {
+    printf 'export HGPSO_LLM_BASE_URL=http://127.0.0.1:%s/v1; export HGPSO_LLM_MODEL=%s\n' \
+        "$(state port)" "$MODEL_ALIAS"
 }
 
 base_url() {
-    # shellcheck disable=SC1090
-    [[ -f "$ENV_FILE" ]] && (source "$ENV_FILE" && echo "$HGPSO_LLM_BASE_URL")
+    local port
+    port="$(state port)"
+    [[ -n "$port" ]] && echo "http://127.0.0.1:$port/v1"
 }
 
-probe() {  # probe URL TIMEOUT_S -> exit 0 when /models lists a model
-    "$PYTHON" - "$1" "$2" <<'EOF'
+probe() {  # probe URL TIMEOUT_S -> exit 0 when /models lists our model alias
+    "$PYTHON" - "$1" "$2" "$MODEL_ALIAS" <<'EOF'
 import json, sys, urllib.request
 try:
     with urllib.request.urlopen(sys.argv[1].rstrip("/") + "/models", timeout=float(sys.argv[2])) as r:
-        sys.exit(0 if json.load(r).get("data") else 1)
+        ids = [m.get("id") for m in json.load(r).get("data") or [] if isinstance(m, dict)]
+    sys.exit(0 if sys.argv[3] in ids else 1)
 except Exception:
     sys.exit(1)
 EOF
 }
 
+port_taken() {  # port_taken PORT -> 0 when something already listens there
+    "$PYTHON" -c "import socket,sys; s=socket.socket(); s.settimeout(2); sys.exit(0 if s.connect_ex(('127.0.0.1', int(sys.argv[1])))==0 else 1)" "$1"
+}
+
 cmd_health() {
     local url
     url="$(base_url)" || true
-    [[ -n "$url" ]] || die "no server env file at $ENV_FILE (run start first)"
+    [[ -n "$url" ]] || die "no server state at $STATE_FILE (run start first)"
     local deadline=$((SECONDS + HEALTH_TIMEOUT))
     while ((SECONDS < deadline)); do
-        if probe "$url" 5; then
+        # ours first: a foreign server answering on the port is never reported healthy
+        if pid_alive && probe "$url" 5 && pid_alive; then
             log "healthy at $url"
             return 0
         fi
@@ -96,14 +128,14 @@ free_port() {
 }
 
 cmd_start() {
-    mkdir -p "$CACHE"
+    mkdir -p "$CACHE" "$RUN_DIR"
     have_packages || die "packages missing for $PYTHON: run 'bash scripts/llm_server.sh install' first"
-    if pid_alive && [[ -f "$ENV_FILE" ]]; then
+    if pid_alive; then
         # A server of ours is running; it may be busy with a long generation, so give it the
         # bounded health wait before deciding it is broken (never kill a busy server).
         if (cmd_health) 2>/dev/null; then
-            log "already running (pid $(cat "$PID_FILE"))"
-            cat "$ENV_FILE"
+            log "already running (pid $(state pid))"
+            env_lines
             return 0
         fi
         log "running server is not healthy: restarting it"
@@ -111,6 +143,10 @@ cmd_start() {
     cmd_stop_quiet
     [[ -f "$MODEL_FILE" ]] || cmd_install
     local port="${HGPSO_LLM_PORT:-$(free_port)}"
+    [[ "$port" =~ ^[0-9]+$ ]] || die "HGPSO_LLM_PORT must be a port number, got '$port'"
+    if port_taken "$port"; then
+        die "port $port is already in use by another process: not starting, not adopting it"
+    fi
     local threads="${HGPSO_LLM_THREADS:-$(nproc)}"
     log "starting llama.cpp server on 127.0.0.1:$port (threads=$threads, log $LOG_FILE)"
     # setsid: own process group, so stop can end the server and only the server.
@@ -119,18 +155,17 @@ cmd_start() {
         --host 127.0.0.1 --port "$port" \
         --n_ctx "${HGPSO_LLM_CTX:-2048}" --n_threads "$threads" \
         >"$LOG_FILE" 2>&1 </dev/null &
-    echo $! >"$PID_FILE"
-    printf 'export HGPSO_LLM_BASE_URL=http://127.0.0.1:%s/v1; export HGPSO_LLM_MODEL=%s\n' \
-        "$port" "$MODEL_ALIAS" >"$ENV_FILE"
+    printf 'pid=%s\nport=%s\n' "$!" "$port" >"$STATE_FILE"
     cmd_health
-    cat "$ENV_FILE"
+    env_lines
 }
 
 cmd_stop_quiet() {
-    if [[ -f "$PID_FILE" ]]; then
-        local pid
-        pid="$(cat "$PID_FILE")"
-        if kill -0 "$pid" 2>/dev/null; then
+    local pid port
+    pid="$(state pid)"
+    port="$(state port)"
+    if [[ -n "$pid" ]]; then
+        if is_ours "$pid" "$port"; then
             kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
             for _ in $(seq 1 50); do
                 kill -0 "$pid" 2>/dev/null || break
@@ -138,16 +173,18 @@ cmd_stop_quiet() {
             done
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
             log "stopped server (pid $pid)"
+        elif kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid in $STATE_FILE is not our server: left alone"
         fi
     fi
-    rm -f "$PID_FILE" "$ENV_FILE"
+    rm -f "$STATE_FILE"
 }
 
 case "${1:-}" in
     install) cmd_install ;;
     start) cmd_start ;;
     health) cmd_health ;;
-    env) [[ -f "$ENV_FILE" ]] && cat "$ENV_FILE" || die "not running" ;;
+    env) if pid_alive; then env_lines; else die "not running (run id $RUN_ID)"; fi ;;
     stop) cmd_stop_quiet ;;
     *)
         echo "usage: $0 {install|start|health|env|stop}" >&2
