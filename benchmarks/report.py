@@ -178,6 +178,13 @@ def _paper(dataset: str, table: str, o: str) -> str:
     return f"{v:g}%" if table == "accuracy" else f"{v:g}"
 
 
+def _command_lines(meta: dict[str, Any]) -> list[str]:
+    commands = meta.get("run_commands") or [meta.get("command", "")]
+    if len(commands) == 1:
+        return [f"- Command: `{commands[0]}`"]
+    return ["- Commands that produced the runs:", *(f"  - `{c}`" for c in commands)]
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     ds = summary["dataset"]
     opts = summary["optimizers"]
@@ -186,7 +193,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         f"# Training benchmark: {ds}",
         "",
-        f"- Command: `{meta.get('command', '')}`",
+        *_command_lines(meta),
         f"- Date: {meta.get('date', '')}",
         f"- Hardware: {meta.get('hardware', '')}",
         f"- Software: {meta.get('software', '')}",
@@ -438,8 +445,11 @@ def write_outputs(
         meta = {
             **meta,
             "date": f"runs finished {finished[0]} to {finished[-1]}; "
-            f"report written {meta.get('date', '')}",
+            f"last invocation started {meta.get('date', '')}",
         }
+    # each run keeps the command that produced it (a skipped run keeps its own)
+    commands = sorted({str(r["command"]) for r in runs if r.get("command")})
+    meta = {**meta, "run_commands": commands or [meta.get("command", "")]}
     summary = summarize(runs, meta)
     _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_csv(runs, out / "runs.csv")

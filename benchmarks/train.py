@@ -338,14 +338,47 @@ def train_one(
     }
 
 
+# Fields a finished run's JSON must hold to be reused (the report reads them all).
+_RUN_FIELDS = (
+    "key",
+    "optimizer",
+    "seed",
+    "config",
+    "test_accuracy",
+    "final_train_loss",
+    "steps_to_threshold",
+    "wall_seconds",
+    "total_seconds",
+    "losses",
+    "curve",
+)
+
+
 def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished run in ``path`` if it is intact and has ``config``, else ``None``.
+
+    A file that is unreadable, truncated, not a JSON object or missing fields is named in
+    one line and re-run (never a traceback, never silently).
+    """
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        print(f"rerun: {path} is unreadable or truncated ({type(e).__name__}); running it again")
         return None
-    return record if record.get("config") == config else None
+    if not isinstance(record, dict):
+        kind = type(record).__name__
+        print(f"rerun: {path} holds a JSON {kind}, not a run record; running it again")
+        return None
+    missing = [k for k in _RUN_FIELDS if k not in record]
+    if missing:
+        print(f"rerun: {path} lacks {', '.join(missing)}; running it again")
+        return None
+    if record.get("config") != config:
+        print(f"rerun: {path} was made with other settings; running it again")
+        return None
+    return record
 
 
 def _strip_notes(argv: list[str]) -> list[str]:
@@ -451,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"{o} seed {s}")
         record = train_one(args, dm, o, s, config)
+        record["command"] = meta["command"]  # the command that produced this run
         tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(record) + "\n")
         tmp.replace(path)

@@ -132,3 +132,28 @@ def test_missing_dataset_is_one_clear_message(tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: SVHN not found") and str(tmp_path) in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_corrupt_run_files_are_named_and_rerun(tmp_path, capsys):
+    small = [*ARGS[:3], "sgd", *ARGS[7:]]
+    small[small.index("--seeds") + 1 : small.index("--seeds") + 3] = ["0", "1", "2", "3"]
+    out = tmp_path / "out"
+    assert main([*small, "--out", str(out)]) == 0
+    capsys.readouterr()
+    runs = out / "runs"
+    good = (runs / "sgd-seed3.json").read_text()
+    (runs / "sgd-seed0.json").write_text("[]")
+    (runs / "sgd-seed1.json").write_text("null")
+    (runs / "sgd-seed2.json").write_text('{"key": "sgd-seed2"}')
+    (runs / "sgd-seed3.json").write_text(good[: len(good) // 2])  # truncated
+    assert main([*small, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reruns = [line for line in printed.splitlines() if line.startswith("rerun: ")]
+    assert len(reruns) == 4 and printed.count("done sgd seed") == 4
+    for seed, why in [(0, "JSON list"), (1, "JSON NoneType"), (2, "lacks"), (3, "truncated")]:
+        assert any(f"sgd-seed{seed}.json" in r and why in r for r in reruns), (seed, reruns)
+    for seed in range(4):
+        assert json.loads((runs / f"sgd-seed{seed}.json").read_text())["seed"] == seed
+    report = (out / "report.md").read_text()
+    assert "last invocation started" in report and "report written" not in report
+    assert "- Command: `hgpso-train --dataset digits --optimizers sgd" in report
