@@ -19,10 +19,12 @@ temperature    ``HGPSO_LLM_TEMPERATURE``                     0.7
 The key is kept in the underlying ``openai`` client only: it is not part of ``repr``,
 :meth:`LLMClient.describe` or any stats, and so never reaches logs or result files.
 
-Failure handling: each request is retried up to ``max_retries`` times on timeouts,
-connection errors, HTTP 5xx, rate limits (429, with a short capped back-off) and on answers
-that are empty or not parseable JSON. After that :meth:`LLMClient.complete_json` raises
-:class:`LLMError`, which strategies catch to fall back to their plain move.
+Failure handling: each request has a wall-clock deadline (``timeout``) and is retried up to
+``max_retries`` times on timeouts, connection errors, HTTP 5xx, rate limits (429, honouring a
+bounded ``Retry-After``) and on answers that are empty, longer than :data:`MAX_REPLY_CHARS`
+or not parseable JSON. After that :meth:`LLMClient.complete_json` raises :class:`LLMError`
+(its message scrubbed of keys and tokens), which strategies catch to fall back to their plain
+move. See docs/guides/llm.md.
 """
 
 from __future__ import annotations
