@@ -143,6 +143,8 @@ def accept_personal_bests_(
         pbest_losses.add_(gap, alpha=forget)
     improved = valid & (losses <= pbest_losses)
     pbest_losses.copy_(torch.where(improved, losses, pbest_losses))
+    if not pbests:  # only the losses were asked for
+        return improved
     rows = improved.nonzero().flatten()
     if rows.numel() == improved.numel():  # every particle improved: plain copies
         torch._foreach_copy_(list(pbests), list(positions))

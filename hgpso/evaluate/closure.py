@@ -60,9 +60,20 @@ def evaluate_particles(
             return request.losses, request.grads
         losses[i] = as_scalar_loss(loss).to(device=device, dtype=torch.float32)
         if grads is not None:
+            got_any = False
             for g, p in zip(grads, params, strict=True):
                 if p.grad is not None:
                     if p.grad.is_sparse:
                         raise RuntimeError("HGPSO does not support sparse gradients")
                     g[i].copy_(p.grad)
+                    got_any = True
+            # a parameter the loss does not depend on counts as a zero gradient, but no
+            # gradient at all means the closure never called backward() (a non-finite loss
+            # is an invalid particle anyway, whatever its gradient)
+            if not got_any and bool(torch.isfinite(losses[i])):
+                raise RuntimeError(
+                    f"the closure gave no parameter a gradient for particle {i}: HGPSO's "
+                    "closure must call loss.backward() before returning the loss (use "
+                    "hgpso.PSO for a gradient-free swarm)"
+                )
     return losses, grads

@@ -39,6 +39,19 @@ from hgpso.optim.random import SwarmRandom
 __all__ = ["SwarmOptimizer"]
 
 _SWARM = "swarm"
+#: swarm-wide entries an older checkpoint may lack, and the value they start from
+_SWARM_DEFAULTS: dict[str, Any] = {
+    "gbest_loss": math.inf,
+    "rng_state": None,
+    "kernel_seed": 0,
+    "success_rate": 1.0,
+    "loss_ema": None,
+    "best_loss_ema": math.inf,
+    "steps_since_improvement": 0,
+    "lr_scale": 1.0,
+    "nan_reseeds": 0,
+    "evaluations": 0,
+}
 
 
 def _check_number(
@@ -113,6 +126,11 @@ class SwarmOptimizer(Optimizer):
         for key, value in defaults.items():
             self._validate_value(key, value)
         super().__init__(params, defaults)
+        if not self._trainable():
+            raise ValueError(
+                "no parameter has requires_grad=True: a swarm needs at least one trainable "
+                "parameter (unfreeze some, or pass only the trainable ones)"
+            )
         self.num_particles = num_particles
         self.forget = float(forget)
         self.adaptive = bool(adaptive)
@@ -125,6 +143,7 @@ class SwarmOptimizer(Optimizer):
         self.seed = seed
         self.fused = fused
         self._random: SwarmRandom | None = None
+        self._last_gbest: list[Tensor] | None = None
         devices = {p.device for p in self._trainable()}
         if len(devices) > 1:
             raise ValueError(
@@ -167,6 +186,18 @@ class SwarmOptimizer(Optimizer):
                 "cannot add a param group after the swarm was created: every particle must "
                 "cover the same parameters from the first step on"
             )
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        param_group = {**param_group, "params": params}
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            if id(p) in seen:
+                raise ValueError(
+                    f"parameter {i} of param group {len(self.param_groups)} (shape "
+                    f"{tuple(p.shape)}) appears more than once in the optimizer: each "
+                    "parameter must be given once, or it would move several times per step"
+                )
+            seen.add(id(p))
         super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ helpers
@@ -201,6 +232,29 @@ class SwarmOptimizer(Optimizer):
             return
         rng = self.random
         n = self.num_particles
+        try:
+            self._allocate_swarm(rng, n)
+        except (RuntimeError, MemoryError) as error:
+            for p in self._trainable():
+                self.state.pop(p, None)
+            if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
+                raise
+            need = 3 * n * sum(p.numel() * p.element_size() for p in self._trainable())
+            raise RuntimeError(
+                f"cannot allocate a swarm of num_particles={n}: its position, velocity and "
+                f"personal-best tensors need {need} bytes ({need / 2**30:.2f} GiB) on "
+                f"{self._device()}; lower num_particles"
+            ) from error
+        self.state[_SWARM] = {
+            "step": 0,
+            "pbest_losses": torch.full((n,), math.inf, device=self._device()),
+            "gbest_index": 0,
+            **_SWARM_DEFAULTS,
+            "kernel_seed": rng.integer(),
+        }
+
+    def _allocate_swarm(self, rng: SwarmRandom, n: int) -> None:
+        """Per-parameter state: ``position``, ``velocity``, ``pbest`` of shape ``(N, *S)``."""
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:
@@ -217,21 +271,6 @@ class SwarmOptimizer(Optimizer):
                         "velocity": torch.zeros_like(position),
                         "pbest": position.clone(),
                     }
-        self.state[_SWARM] = {
-            "step": 0,
-            "pbest_losses": torch.full((n,), math.inf, device=self._device()),
-            "gbest_index": 0,
-            "gbest_loss": math.inf,
-            "rng_state": None,
-            "kernel_seed": rng.integer(),
-            "success_rate": 1.0,
-            "loss_ema": None,
-            "best_loss_ema": math.inf,
-            "steps_since_improvement": 0,
-            "lr_scale": 1.0,
-            "nan_reseeds": 0,
-            "evaluations": 0,
-        }
 
     # -------------------------------------------------------------- public views
     @property
@@ -329,43 +368,38 @@ class SwarmOptimizer(Optimizer):
             except BaseException:
                 self._write_gbest_into_params()
                 raise
-        self._advance(losses, grads)
+        # the bookkeeping runs under the same protection: a failure restores the swarm-wide
+        # state and the random stream (cheap copies) and puts the model back on the gbest
+        saved = {**swarm, "pbest_losses": swarm["pbest_losses"].clone()}
+        saved_rng = self.random.get_state()
+        self._last_gbest = None
+        try:
+            self._advance(losses, grads)
+        except BaseException:
+            swarm.clear()
+            swarm.update(saved)
+            self.random.set_state(saved_rng)
+            if self._last_gbest is None:  # failed before the commit: the swarm is untouched
+                self._write_gbest_into_params()
+            else:
+                for p, g in zip(self._trainable(), self._last_gbest, strict=True):
+                    p.copy_(g)
+            raise
+        finally:
+            self._last_gbest = None
         self._write_gbest_into_params()
         swarm["evaluations"] += self.num_particles
         finite = losses[torch.isfinite(losses)]
         return finite.min() if finite.numel() else losses.min()
 
     def _advance(self, losses: Tensor, grads: list[Tensor] | None) -> None:
+        """Bookkeeping, then the move. Everything that can be computed without touching the
+        per-parameter state is computed first (validity, new best losses, the one host read,
+        adaptation); the in-place commit comes last."""
         swarm = self.state[_SWARM]
-        params = self._trainable()
-        positions = self._all("position")
-        device = positions[0].device
-        losses = losses.to(device)
-
-        # NaN guard: a particle with a non-finite loss or gradient is never a best
-        valid = torch.isfinite(losses)
-        if grads is not None:
-            for g in grads:
-                flat = g.reshape(g.shape[0], -1)
-                # a NaN/inf element always makes the row sum non-finite; only a row whose
-                # finite elements overflow the sum needs the exact (8x dearer) check
-                row_ok = torch.isfinite(flat.sum(1))
-                if not bool(row_ok.all()):
-                    row_ok = torch.isfinite(flat).all(1)
-                valid &= row_ok
-            if not bool(valid.all()):  # keep invalid particles' garbage out of the arithmetic
-                for g in grads:
-                    g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
-
-        improved = F.accept_personal_bests_(
-            positions,
-            self._all("pbest"),
-            swarm["pbest_losses"],
-            losses,
-            valid,
-            forget=self.forget,
-        )
-        pbest_losses = swarm["pbest_losses"]
+        losses = losses.to(self._device())
+        valid = self._valid_particles(losses, grads)
+        improved, pbest_losses = self._score(losses, valid)
         # one host read per step for everything the bookkeeping needs
         n_valid, n_improved, best_now, gbest_loss, gbest_index = torch.stack(
             [
@@ -376,12 +410,60 @@ class SwarmOptimizer(Optimizer):
                 pbest_losses.argmin().float(),
             ]
         ).tolist()
-        gbest_index = int(gbest_index)
-        swarm["gbest_index"] = gbest_index
-        swarm["gbest_loss"] = gbest_loss
         self._adapt(n_improved / self.num_particles, best_now)
+        # commit: from here on the per-parameter state changes in place; keep the last
+        # global best (one model's worth) so a failure can still put the model back on it
+        self._last_gbest = [g.clone() for g in self.gbest()]
+        self._accept_bests(improved)
+        swarm["pbest_losses"].copy_(pbest_losses)
+        swarm["gbest_index"] = int(gbest_index)
+        swarm["gbest_loss"] = gbest_loss
+        gbests = self.gbest()
+        self._move(gbests, grads)
+        n_bad = self.num_particles - int(n_valid)
+        if n_bad:
+            self._reseed(~valid, gbests)
+            swarm["nan_reseeds"] += n_bad
+        swarm["step"] += 1
 
-        gbests = [x[gbest_index] for x in self._all("pbest")]
+    def _valid_particles(self, losses: Tensor, grads: list[Tensor] | None) -> Tensor:
+        """NaN guard: a particle with a non-finite loss or gradient is never a best; its
+        gradient rows are zeroed so its garbage stays out of the arithmetic."""
+        valid = torch.isfinite(losses)
+        if grads is None:
+            return valid
+        for g in grads:
+            flat = g.reshape(g.shape[0], -1)
+            # a NaN/inf element always makes the row sum non-finite; only a row whose
+            # finite elements overflow the sum needs the exact (8x dearer) check
+            row_ok = torch.isfinite(flat.sum(1))
+            if not bool(row_ok.all()):
+                row_ok = torch.isfinite(flat).all(1)
+            valid &= row_ok
+        if not bool(valid.all()):
+            for g in grads:
+                g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
+        return valid
+
+    def _score(self, losses: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """This step's improved mask and new best losses, into temporaries."""
+        pbest_losses = self.state[_SWARM]["pbest_losses"].clone()
+        improved = F.accept_personal_bests_([], [], pbest_losses, losses, valid, forget=self.forget)
+        return improved, pbest_losses
+
+    def _accept_bests(self, improved: Tensor) -> None:
+        """``pbest_i <- x_i`` for every improved particle, in place."""
+        positions, pbests = self._all("position"), self._all("pbest")
+        rows = improved.nonzero().flatten()
+        if rows.numel() == improved.numel():  # every particle improved: plain copies
+            torch._foreach_copy_(pbests, positions)
+        elif rows.numel():
+            for x, p in zip(positions, pbests, strict=True):
+                p.index_copy_(0, rows, x.index_select(0, rows))
+
+    def _move(self, gbests: list[Tensor], grads: list[Tensor] | None) -> None:
+        """The velocity and position update, group by group."""
+        params = self._trainable()
         g_by_param = dict(zip(map(id, params), gbests, strict=True))
         grad_by_param = dict(zip(map(id, params), grads, strict=True)) if grads else None
         for k, group in enumerate(self.param_groups):
@@ -402,12 +484,6 @@ class SwarmOptimizer(Optimizer):
                 social=hp["social"],
                 max_velocity=group["max_velocity"],
             )
-
-        n_bad = self.num_particles - int(n_valid)
-        if n_bad:
-            self._reseed(~valid, gbests)
-            swarm["nan_reseeds"] += n_bad
-        swarm["step"] += 1
 
     def _update_group(
         self,
@@ -509,20 +585,99 @@ class SwarmOptimizer(Optimizer):
             sd["state"][_SWARM] = copy.deepcopy(sd["state"][_SWARM])
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        swarm = state_dict["state"].get(_SWARM)
+    def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Check every entry against this optimizer before anything is loaded."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("a state_dict must hold 'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state_dict has {len(saved_groups)} param groups, this optimizer "
+                f"{len(self.param_groups)}"
+            )
+        state = state_dict["state"]
+        swarm = state.get(_SWARM)
+        n = self.num_particles
         if swarm is not None:
-            n = int(swarm["pbest_losses"].numel())
-            if n != self.num_particles:
+            if not isinstance(swarm, dict):
+                raise ValueError(f"state['swarm'] must be a dict, got {type(swarm).__name__}")
+            pl = swarm.get("pbest_losses")
+            if not isinstance(pl, Tensor) or pl.dim() != 1:
+                raise ValueError("state['swarm']['pbest_losses'] must be a 1-d tensor")
+            if pl.numel() != n:
                 raise ValueError(
-                    f"the state_dict holds a swarm of {n} particles but this optimizer was "
-                    f"built with num_particles={self.num_particles}"
+                    f"the state_dict holds a swarm of {pl.numel()} particles but this "
+                    f"optimizer was built with num_particles={n}"
                 )
+            for key in (
+                "step",
+                "gbest_index",
+                "steps_since_improvement",
+                "nan_reseeds",
+                "evaluations",
+                "kernel_seed",
+            ):
+                if key not in swarm and key not in ("step", "gbest_index"):
+                    continue  # older checkpoints: filled with defaults on load
+                value = swarm.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(
+                        f"state['swarm'][{key!r}] must be a non-negative int, got {value!r}"
+                    )
+            if swarm["gbest_index"] >= n:
+                raise ValueError(
+                    f"state['swarm']['gbest_index']={swarm['gbest_index']} is out of range "
+                    f"for num_particles={n}"
+                )
+            for key in ("gbest_loss", "success_rate", "best_loss_ema", "lr_scale"):
+                if key not in swarm:
+                    continue
+                value = swarm[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"state['swarm'][{key!r}] must be a number, got {value!r}")
+            ema = swarm.get("loss_ema")
+            if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float))):
+                raise ValueError("state['swarm']['loss_ema'] must be a number or None")
+        for k, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
+            ids = saved.get("params", [])
+            if len(ids) != len(group["params"]):
+                raise ValueError(
+                    f"param group {k} of the state_dict has {len(ids)} parameters, this "
+                    f"optimizer's {len(group['params'])}"
+                )
+            for j, (pid, p) in enumerate(zip(ids, group["params"], strict=True)):
+                entry = state.get(pid)
+                where = f"parameter {j} of param group {k} (shape {tuple(p.shape)})"
+                if swarm is None or not p.requires_grad:
+                    continue
+                if not isinstance(entry, dict):
+                    raise ValueError(f"the state_dict has no swarm state for {where}")
+                for key in ("position", "velocity", "pbest"):
+                    t = entry.get(key)
+                    if not isinstance(t, Tensor):
+                        raise ValueError(f"the state_dict lacks {key!r} for {where}")
+                    if tuple(t.shape) != (n, *p.shape):
+                        raise ValueError(
+                            f"{key!r} of {where} has shape {tuple(t.shape)}, expected "
+                            f"{(n, *p.shape)}"
+                        )
+                    if not t.is_floating_point() and not t.is_complex():
+                        raise ValueError(f"{key!r} of {where} has dtype {t.dtype}, not floating")
+                    if t.dtype != p.dtype:
+                        raise ValueError(
+                            f"{key!r} of {where} has dtype {t.dtype}, the parameter {p.dtype}"
+                        )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._validate_state_dict(state_dict)
+        swarm = state_dict["state"].get(_SWARM)
         super().load_state_dict(state_dict)
         if swarm is None:
             return
         swarm = copy.deepcopy(swarm)
         swarm["pbest_losses"] = swarm["pbest_losses"].to(self._device(), torch.float32)
+        for key, default in _SWARM_DEFAULTS.items():  # checkpoints from older versions
+            swarm.setdefault(key, default)
         self.state[_SWARM] = swarm
         if swarm.get("rng_state") is not None:
             self.random.set_state(swarm["rng_state"])
