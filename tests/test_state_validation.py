@@ -218,3 +218,13 @@ def test_impossible_swarm_size_names_num_particles_and_bytes(monkeypatch):
     with pytest.raises(RuntimeError, match=r"num_particles=1000000.*12000000000 bytes"):
         opt.step(lambda: p.sum())
     assert "swarm" not in opt.state and p not in opt.state
+
+
+def test_freezing_a_layer_later_does_not_reshape_the_swarm():
+    model, opt, x, y = _trained()
+    shapes = {k: v["position"].shape for k, v in opt.state_dict()["state"].items() if k != "swarm"}
+    model.fc1.weight.requires_grad_(False)
+    opt.step(make_closure(opt, model, x, y))  # its gradient is now absent: counts as zero
+    after = opt.state_dict()["state"]
+    assert {k: v["position"].shape for k, v in after.items() if k != "swarm"} == shapes
+    assert torch.equal(model.fc1.weight, opt.gbest()[0])

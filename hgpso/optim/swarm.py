@@ -125,6 +125,7 @@ class SwarmOptimizer(Optimizer):
         mode = distributed_.check_mode(distributed)
         for key, value in defaults.items():
             self._validate_value(key, value)
+        self._members: set[int] | None = None
         super().__init__(params, defaults)
         if not self._trainable():
             raise ValueError(
@@ -202,7 +203,14 @@ class SwarmOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ helpers
     def _trainable(self) -> list[Tensor]:
-        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        return [p for g in self.param_groups for p in self._group_trainable(g)]
+
+    def _group_trainable(self, group: dict[str, Any]) -> list[Tensor]:
+        """The group's swarm parameters: fixed when the swarm is created (freezing a layer
+        later must not reshape the swarm), ``requires_grad`` ones before that."""
+        if self._members is not None:
+            return [p for p in group["params"] if id(p) in self._members]
+        return [p for p in group["params"] if p.requires_grad]
 
     def _device(self) -> torch.device:
         params = self._trainable()
@@ -232,11 +240,13 @@ class SwarmOptimizer(Optimizer):
             return
         rng = self.random
         n = self.num_particles
+        self._members = {id(p) for p in self._trainable()}
         try:
             self._allocate_swarm(rng, n)
         except (RuntimeError, MemoryError) as error:
             for p in self._trainable():
                 self.state.pop(p, None)
+            self._members = None
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
             need = 3 * n * sum(p.numel() * p.element_size() for p in self._trainable())
@@ -257,9 +267,7 @@ class SwarmOptimizer(Optimizer):
         """Per-parameter state: ``position``, ``velocity``, ``pbest`` of shape ``(N, *S)``."""
         with torch.no_grad():
             for group in self.param_groups:
-                for p in group["params"]:
-                    if not p.requires_grad:
-                        continue
+                for p in self._group_trainable(group):
                     if p.is_sparse:
                         raise RuntimeError("HGPSO does not support sparse parameters")
                     position = p.detach().unsqueeze(0).repeat((n,) + (1,) * p.dim())
@@ -467,7 +475,7 @@ class SwarmOptimizer(Optimizer):
         g_by_param = dict(zip(map(id, params), gbests, strict=True))
         grad_by_param = dict(zip(map(id, params), grads, strict=True)) if grads else None
         for k, group in enumerate(self.param_groups):
-            trainable = [p for p in group["params"] if p.requires_grad]
+            trainable = self._group_trainable(group)
             if not trainable:
                 continue
             hp = self.effective_hyperparameters(group)
@@ -546,9 +554,7 @@ class SwarmOptimizer(Optimizer):
         index = {id(p): i for i, p in enumerate(self._trainable())}
         # one pass in parameter order, so the random stream is deterministic
         for group in self.param_groups:
-            for p in group["params"]:
-                if not p.requires_grad:
-                    continue
+            for p in self._group_trainable(group):
                 st = self.state[p]
                 fresh = torch.empty_like(st["position"][idx])
                 noise = rng.normal(tuple(fresh.shape), fresh.dtype)
@@ -674,6 +680,7 @@ class SwarmOptimizer(Optimizer):
         super().load_state_dict(state_dict)
         if swarm is None:
             return
+        self._members = {id(p) for p in self._trainable()}
         swarm = copy.deepcopy(swarm)
         swarm["pbest_losses"] = swarm["pbest_losses"].to(self._device(), torch.float32)
         for key, default in _SWARM_DEFAULTS.items():  # checkpoints from older versions
