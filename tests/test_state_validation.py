@@ -228,3 +228,24 @@ def test_freezing_a_layer_later_does_not_reshape_the_swarm():
     after = opt.state_dict()["state"]
     assert {k: v["position"].shape for k, v in after.items() if k != "swarm"} == shapes
     assert torch.equal(model.fc1.weight, opt.gbest()[0])
+
+
+def test_swarm_wide_options_travel_with_the_state_dict():
+    model, _opt, x, y = _trained()
+    opt = HGPSO(model.parameters(), num_particles=4, seed=5, forget=0.25, patience=7)
+    opt.step(make_closure(opt, model, x, y))
+    sd = opt.state_dict()
+    assert sd["swarm_options"]["forget"] == 0.25
+    other = HGPSO(model.parameters(), num_particles=4)
+    other.load_state_dict(sd)
+    assert (other.forget, other.patience, other.seed) == (0.25, 7, 5)
+    old = copy.deepcopy(sd)
+    del old["swarm_options"]  # a checkpoint from before the options were saved
+    third = HGPSO(model.parameters(), num_particles=4, forget=0.5)
+    third.load_state_dict(old)
+    assert third.forget == 0.5
+    bad = copy.deepcopy(sd)
+    bad["swarm_options"]["forget"] = 2.0
+    with pytest.raises(ValueError, match="forget"):
+        third.load_state_dict(bad)
+    assert third.forget == 0.5

@@ -39,6 +39,19 @@ from hgpso.optim.random import SwarmRandom
 __all__ = ["SwarmOptimizer"]
 
 _SWARM = "swarm"
+#: the state_dict entry holding the swarm-wide options (not per group: a particle spans all)
+_OPTIONS = "swarm_options"
+_OPTION_KEYS = (
+    "forget",
+    "adaptive",
+    "ema_beta",
+    "tol",
+    "patience",
+    "lr_patience",
+    "lr_factor",
+    "min_lr_scale",
+    "seed",
+)
 #: swarm-wide entries an older checkpoint may lack, and the value they start from
 _SWARM_DEFAULTS: dict[str, Any] = {
     "gbest_loss": math.inf,
@@ -589,7 +602,15 @@ class SwarmOptimizer(Optimizer):
         sd = super().state_dict()
         if _SWARM in sd["state"]:  # a snapshot, not the live dict the next step mutates
             sd["state"][_SWARM] = copy.deepcopy(sd["state"][_SWARM])
+        # swarm-wide options travel with the state, like the groups' hyperparameters
+        sd[_OPTIONS] = {key: getattr(self, key) for key in _OPTION_KEYS}
         return sd
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # optimizers pickled by older versions lack these attributes
+        self.__dict__.setdefault("_last_gbest", None)
+        self.__dict__.setdefault("_members", None)
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check every entry against this optimizer before anything is loaded."""
@@ -676,8 +697,27 @@ class SwarmOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._validate_state_dict(state_dict)
+        options = state_dict.get(_OPTIONS)  # absent in checkpoints from older versions
+        if options is not None:
+            if not isinstance(options, dict) or not set(options) <= set(_OPTION_KEYS):
+                raise ValueError(f"state_dict[{_OPTIONS!r}] must hold only {_OPTION_KEYS}")
+            for key, value in options.items():
+                if key in ("forget", "ema_beta", "lr_factor", "min_lr_scale"):
+                    _check_number(key, value, high=1.0)
+                elif key == "tol":
+                    _check_number(key, value)
+                elif key in ("patience", "lr_patience"):
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                        raise ValueError(f"{key} must be a positive int, got {value!r}")
+                elif key == "adaptive" and not isinstance(value, bool):
+                    raise ValueError(f"adaptive must be a bool, got {value!r}")
+                elif key == "seed" and value is not None and not isinstance(value, int):
+                    raise ValueError(f"seed must be an int or None, got {value!r}")
         swarm = state_dict["state"].get(_SWARM)
+        state_dict = {k: v for k, v in state_dict.items() if k != _OPTIONS}
         super().load_state_dict(state_dict)
+        for key, value in (options or {}).items():
+            setattr(self, key, value)
         if swarm is None:
             return
         self._members = {id(p) for p in self._trainable()}
