@@ -249,3 +249,22 @@ def test_swarm_wide_options_travel_with_the_state_dict():
     with pytest.raises(ValueError, match="forget"):
         third.load_state_dict(bad)
     assert third.forget == 0.5
+
+
+@pytest.mark.parametrize("path", ["closure", "loop", "vmap"])
+def test_sparse_gradients_give_the_same_clear_error_in_every_path(path):
+    import hgpso
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(8, 2))
+    x, y = torch.randint(0, 10, (3, 2)), torch.randint(0, 2, (3,))
+    opt = HGPSO(model.parameters(), num_particles=2, seed=0)
+    if path == "closure":
+        closure = make_closure(opt, model, x, y)
+    else:
+        closure = hgpso.vectorized_closure(model, nn.functional.cross_entropy, x, y, strategy=path)
+    weights = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match=r"shape \(10, 4\) got a sparse gradient"):
+        opt.step(closure)
+    for p, w in zip(model.parameters(), weights, strict=True):
+        assert torch.equal(p, w)

@@ -28,6 +28,15 @@ def as_scalar_loss(loss: object, *, where: str = "closure") -> Tensor:
     return loss.detach().reshape(())
 
 
+def sparse_gradient_message(p: Tensor) -> str:
+    """The one error both evaluation paths give for a sparse gradient."""
+    return (
+        f"a parameter of shape {tuple(p.shape)} got a sparse gradient, which the swarm does "
+        "not support (every particle's gradient is stored densely): build the layer with "
+        "sparse=False, e.g. nn.Embedding(..., sparse=False)"
+    )
+
+
 def _load_particle(params: list[Tensor], positions: list[Tensor], i: int) -> None:
     for p, x in zip(params, positions, strict=True):
         p.copy_(x[i])
@@ -64,7 +73,7 @@ def evaluate_particles(
             for g, p in zip(grads, params, strict=True):
                 if p.grad is not None:
                     if p.grad.is_sparse:
-                        raise RuntimeError("HGPSO does not support sparse gradients")
+                        raise RuntimeError(sparse_gradient_message(p))
                     g[i].copy_(p.grad)
                     got_any = True
             # a parameter the loss does not depend on counts as a zero gradient, but no

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from hgpso.evaluate.closure import as_scalar_loss
+from hgpso.evaluate.closure import as_scalar_loss, sparse_gradient_message
 from hgpso.evaluate.request import EvaluationRequest, active_request
 
 __all__ = ["VectorizedClosure", "vectorized_closure"]
@@ -110,6 +110,11 @@ class VectorizedClosure:
         if self.resolved_strategy(request.positions[0].device) == "loop":
             return self._autograd_loop(request)
         owned = set(names)
+        for module in model.modules():
+            # vmap cannot batch a sparse gradient: refuse up front with the closure's error
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
+                if any(module.weight is p for p in request.params):
+                    raise RuntimeError(sparse_gradient_message(module.weight))
         shared = {n: p.detach() for n, p in model.named_parameters() if n not in owned}
         shared.update(dict(model.named_buffers()))
         loss_fn, inputs, targets = self.loss_fn, self.inputs, self.targets
@@ -153,6 +158,8 @@ class VectorizedClosure:
             for g, gi in zip(grads, per_param, strict=True):
                 if gi is None:  # a parameter the loss does not depend on
                     g[i].zero_()
+                elif gi.is_sparse:
+                    raise RuntimeError(sparse_gradient_message(gi))
                 else:
                     g[i].copy_(gi)
         return losses, grads
