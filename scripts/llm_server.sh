@@ -13,7 +13,8 @@
 # Settings (environment): PYTHON, HGPSO_CACHE (default ~/.cache/hgpso; the GGUF file lives in
 # $HGPSO_CACHE/llm), HGPSO_LLM_RUN_ID (default: the caller's pid; each run id has its own state
 # directory $HGPSO_CACHE/llm/run-<id> with pid, port and log, so two test runs on one machine
-# never share or stop each other's server), HGPSO_LLM_PORT (default: a free port),
+# never share or stop each other's server; start exports it, so eval + stop in one shell pair up),
+# HGPSO_LLM_PORT (default: a free port),
 # HGPSO_LLM_THREADS (default: nproc), HGPSO_LLM_CTX (default 2048),
 # HGPSO_LLM_HEALTH_TIMEOUT (seconds, default 180).
 # A process is adopted, health-checked or stopped only after checking it is ours: its command
@@ -76,8 +77,10 @@ pid_alive() {
 }
 
 env_lines() {
-    printf 'export HGPSO_LLM_BASE_URL=http://127.0.0.1:%s/v1; export HGPSO_LLM_MODEL=%s\n' \
-        "$(state port)" "$MODEL_ALIAS"
+    # The run id travels with the URL: after `eval`, a later `stop` in that shell finds this run's
+    # server even when a wrapper (timeout, env, a subshell) changed the caller's pid in between.
+    printf 'export HGPSO_LLM_BASE_URL=http://127.0.0.1:%s/v1; export HGPSO_LLM_MODEL=%s; export HGPSO_LLM_RUN_ID=%s\n' \
+        "$(state port)" "$MODEL_ALIAS" "$RUN_ID"
 }
 
 base_url() {

@@ -121,6 +121,7 @@ def test_runs_do_not_stop_each_others_server(tmp_path):
         assert fake.poll() is None
         r = sh("env", env=b)  # B's server is verified as ours (cmdline alias and port)
         assert r.returncode == 0 and f"127.0.0.1:{port}/v1" in r.stdout
+        assert "export HGPSO_LLM_RUN_ID=runB" in r.stdout
         assert sh("health", env=dict(b, HGPSO_LLM_HEALTH_TIMEOUT="10")).returncode == 0
         assert sh("stop", env=b).returncode == 0
         fake.wait(timeout=10)
@@ -160,3 +161,26 @@ def test_foreign_server_on_the_port_is_never_reported_healthy(tmp_path):
     finally:
         foreign.kill()
         foreign.wait()
+
+
+def test_eval_then_stop_through_a_wrapper_finds_this_runs_server(tmp_path):
+    """The run id comes back in the export lines, so stop pairs with its start even when the
+    caller's pid differs between the two calls (here: stop runs under `timeout`)."""
+    fake, port = spawn_fake(tmp_path)
+    try:
+        write_state(tmp_path, "runC", f"pid={fake.pid}\nport={port}\n")
+        env = dict(os.environ, HGPSO_CACHE=str(tmp_path))
+        env.pop("HGPSO_LLM_RUN_ID", None)
+        script = (
+            f'eval "$(HGPSO_LLM_RUN_ID=runC bash {SCRIPT} env)" && '
+            f'[ "$HGPSO_LLM_RUN_ID" = runC ] && timeout 30 bash {SCRIPT} stop'
+        )
+        r = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        assert "stopped server" in r.stderr
+        fake.wait(timeout=10)
+    finally:
+        fake.kill()
+        fake.wait()
