@@ -157,3 +157,22 @@ def test_corrupt_run_files_are_named_and_rerun(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "last invocation started" in report and "report written" not in report
     assert "- Command: `hgpso-train --dataset digits --optimizers sgd" in report
+
+
+def test_report_lists_the_command_that_produced_each_run(tmp_path, capsys):
+    """A later invocation that reuses a run must not claim that run as its own."""
+    small = [*ARGS[:3], "sgd", *ARGS[7:]]
+    i = small.index("--seeds") + 1
+    out = tmp_path / "out"
+    first = [*small[:i], "0", *small[i + 2 :], "--out", str(out)]
+    second = [*small[:i], "0", "1", *small[i + 2 :], "--out", str(out)]
+    assert main(first) == 0
+    assert main(second) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done sgd seed 0") == 1  # seed 0 reused, not re-run
+    runs = out / "runs"
+    cmd0 = json.loads((runs / "sgd-seed0.json").read_text())["command"]
+    cmd1 = json.loads((runs / "sgd-seed1.json").read_text())["command"]
+    assert "--seeds 0 --epochs" in cmd0 and "--seeds 0 1 --epochs" in cmd1
+    report = (out / "report.md").read_text()
+    assert f"  - `{cmd0}`" in report and f"  - `{cmd1}`" in report
