@@ -354,6 +354,32 @@ _RUN_FIELDS = (
 )
 
 
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _bad_fields(record: dict[str, Any]) -> list[str]:
+    """Names of the fields the report computes with whose values have the wrong type."""
+    bad = [
+        k for k in ("test_accuracy", "wall_seconds", "total_seconds") if not _is_number(record[k])
+    ]
+    if not isinstance(record["losses"], list):
+        bad.append("losses")
+    curve = record["curve"]
+    if not (
+        isinstance(curve, list)
+        and curve
+        and all(
+            isinstance(c, dict)
+            and _is_number(c.get("passes"))
+            and _is_number(c.get("eval_accuracy"))
+            for c in curve
+        )
+    ):
+        bad.append("curve")
+    return bad
+
+
 def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The finished run in ``path`` if it is intact and has ``config``, else ``None``.
 
@@ -374,6 +400,10 @@ def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     missing = [k for k in _RUN_FIELDS if k not in record]
     if missing:
         print(f"rerun: {path} lacks {', '.join(missing)}; running it again")
+        return None
+    bad = _bad_fields(record)
+    if bad:
+        print(f"rerun: {path} has wrong types in {', '.join(bad)}; running it again")
         return None
     if record.get("config") != config:
         print(f"rerun: {path} was made with other settings; running it again")

@@ -176,3 +176,20 @@ def test_report_lists_the_command_that_produced_each_run(tmp_path, capsys):
     assert "--seeds 0 --epochs" in cmd0 and "--seeds 0 1 --epochs" in cmd1
     report = (out / "report.md").read_text()
     assert f"  - `{cmd0}`" in report and f"  - `{cmd1}`" in report
+
+
+def test_run_file_with_null_values_is_named_and_rerun(tmp_path, capsys):
+    small = [*ARGS[:3], "sgd", *ARGS[7:]]
+    i = small.index("--seeds") + 1
+    args = [*small[:i], "0", *small[i + 2 :], "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    path = tmp_path / "out" / "runs" / "sgd-seed0.json"
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "curve": None, "test_accuracy": None}))
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "rerun: " in printed and "sgd-seed0.json has wrong types in test_accuracy, curve" in printed
+    )
+    assert json.loads(path.read_text())["curve"]
