@@ -31,6 +31,11 @@ import numpy as np
 
 from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
+try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
+    from tune_peers import PEERS, run_peer
+except ImportError:
+    from benchmarks.tune_peers import PEERS, run_peer
+
 DEFAULT_TARGETS = {2: 1.0, 10: 40.0}
 PLAIN = ("random", "pso", "ga")
 LLM = ("llm_pso", "llm_ga")
@@ -47,6 +52,10 @@ def make_space(d: int) -> SearchSpace:
 
 def run_one(args, d: int, strategy: str, seed: int) -> dict:
     space = make_space(d)
+    if strategy in PEERS:  # another library on the same problem, budget, target and seed
+        out = run_peer(strategy, rastrigin, space, args.budget[d], args.target[d], seed)
+        out.update(dims=d, seed=seed, target=args.target[d], budget=args.budget[d], warnings=0)
+        return out
     kwargs = {}
     if strategy in LLM:
         kwargs = {
@@ -180,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run exactly these seeds (e.g. a second worker from the top: 9 8 7)",
     )
-    p.add_argument("--strategies", nargs="+", default=[*PLAIN, *LLM])
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=[*PLAIN, *LLM],
+        help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
+    )
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
     p.add_argument("--target", type=float, nargs="*", default=None, help="one per --dims")
@@ -231,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             llm_s = res["llm"].get("seconds", 0.0) if res["llm"] else 0.0
             print(
                 f"{d}d {s:8s} seed {k}: calls_to_target={res['calls_to_target']} "
-                f"best={res['best_value']:.3g} llm_calls={res['llm'].get('calls', 0)} "
+                f"best={res['best_value']:.3g} llm_calls={(res['llm'] or {}).get('calls', 0)} "
                 f"llm_s={llm_s:.1f} wall={time.perf_counter() - t0:.1f}s",
                 flush=True,
             )

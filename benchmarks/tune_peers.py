@@ -1,0 +1,104 @@
+"""Peer tuners on the same problems, budgets and seeds as the hgpso.tune strategies.
+
+``run_peer(name, objective, space, budget, target, seed)`` returns the same keys as
+:meth:`hgpso.tune.TuneResult.as_dict` (``calls_to_target``, ``best_value``, ``trace``,
+``wall_seconds``...), so the benchmark summaries treat peers and hgpso strategies alike.
+Peers: Optuna's ``TPESampler``, ``CmaEsSampler`` (needs ``cmaes``) and ``RandomSampler``;
+nevergrad's ``PSO`` and ``NGOpt``. Only float parameters are supported (Rastrigin, LSTM's
+log-float learning rate handled through the space's unit-cube encoding).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from hgpso.tune import SearchSpace
+
+PEERS = ("optuna_tpe", "optuna_cmaes", "optuna_random", "ng_pso", "ng_ngopt")
+
+
+class _Budget(Exception):
+    """Raised inside the objective wrapper once the target is reached (stops the peer)."""
+
+
+def run_peer(
+    name: str,
+    objective: Callable[[dict[str, Any]], float],
+    space: SearchSpace,
+    budget: int,
+    target: float | None,
+    seed: int,
+) -> dict[str, Any]:
+    if name not in PEERS:
+        raise ValueError(f"name must be one of {PEERS}, got {name!r}")
+    names = list(space.names)
+    trace: list[float] = []
+    best: dict[str, Any] = {"value": math.inf, "point": None, "ctt": None, "obj_s": 0.0}
+
+    def f(u: np.ndarray) -> float:
+        # peers search the same unit cube the hgpso strategies search
+        point = space.decode(np.clip(np.asarray(u, dtype=float), 0.0, 1.0))
+        t0 = time.perf_counter()
+        v = float(objective(point))
+        best["obj_s"] += time.perf_counter() - t0
+        if v < best["value"]:
+            best["value"], best["point"] = v, point
+        trace.append(best["value"])
+        if target is not None and best["ctt"] is None and best["value"] <= target:
+            best["ctt"] = len(trace)
+            raise _Budget
+        return v
+
+    d = len(names)
+    t0 = time.perf_counter()
+    try:
+        if name.startswith("optuna_"):
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            sampler = {
+                "optuna_tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+                "optuna_cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+                "optuna_random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            }[name]()
+            study = optuna.create_study(sampler=sampler)
+
+            def obj(trial: Any) -> float:
+                u = np.array([trial.suggest_float(f"u{i}", 0.0, 1.0) for i in range(d)])
+                try:
+                    return f(u)
+                except _Budget:  # target reached: record this trial, stop the study
+                    trial.study.stop()
+                    return float(best["value"])
+
+            study.optimize(obj, n_trials=budget, catch=())
+        else:
+            import nevergrad as ng
+
+            param = ng.p.Array(shape=(d,), lower=0.0, upper=1.0)
+            param.random_state = np.random.RandomState(seed)
+            opt_cls = ng.optimizers.registry["PSO" if name == "ng_pso" else "NGOpt"]
+            opt = opt_cls(parametrization=param, budget=budget)
+            for _ in range(budget):
+                cand = opt.ask()
+                opt.tell(cand, f(cand.value))
+    except _Budget:
+        pass
+    return {
+        "strategy": name,
+        "best_point": best["point"],
+        "best_value": best["value"],
+        "n_calls": len(trace),
+        "calls_to_target": best["ctt"],
+        "stopped": "target" if best["ctt"] else "budget",
+        "iterations": len(trace),
+        "trace": trace,
+        "objective_seconds": round(best["obj_s"], 4),
+        "wall_seconds": round(time.perf_counter() - t0, 4),
+        "llm": None,
+    }
