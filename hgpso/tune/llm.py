@@ -19,12 +19,14 @@ temperature    ``HGPSO_LLM_TEMPERATURE``                     0.7
 The key is kept in the underlying ``openai`` client only: it is not part of ``repr``,
 :meth:`LLMClient.describe` or any stats, and so never reaches logs or result files.
 
-Failure handling: each request has a wall-clock deadline (``timeout``) and is retried up to
-``max_retries`` times on timeouts, connection errors, HTTP 5xx, rate limits (429, honouring a
-bounded ``Retry-After``) and on answers that are empty, longer than :data:`MAX_REPLY_CHARS`
-or not parseable JSON. After that :meth:`LLMClient.complete_json` raises :class:`LLMError`
-(its message scrubbed of keys and tokens), which strategies catch to fall back to their plain
-move. See docs/guides/llm.md.
+Failure handling: ``timeout`` is one wall-clock deadline for the whole
+:meth:`LLMClient.complete_json` call, every attempt and every wait between attempts
+included. Within it a request is retried up to ``max_retries`` times on timeouts, connection
+errors, HTTP 5xx, rate limits (429, honouring ``Retry-After``) and on answers that are empty,
+longer than :data:`MAX_REPLY_CHARS` or not parseable JSON; a wait that would end past the
+deadline is not started. After that :meth:`LLMClient.complete_json` raises :class:`LLMError`
+(its message scrubbed of keys and tokens by :func:`scrub_secrets`), which strategies catch to
+fall back to their plain move. See docs/guides/llm.md.
 """
 
 from __future__ import annotations
@@ -96,18 +98,27 @@ _SECRET_PATTERNS = (
 )
 
 
-def scrub_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+def scrub_secrets(text: str, secrets: Iterable[str] = (), max_chars: int | None = None) -> str:
     """``text`` with API keys, ``Bearer`` tokens and ``Authorization`` values replaced.
 
-    Used on every message built from a server's reply (errors and warnings), since a
-    hostile or misconfigured server may echo the request headers back in its error body.
+    The one scrubber of the project: every message built from a server's reply (the
+    :class:`LLMError` text, and the warnings ``LLMPSOCallback`` re-emits) goes through it,
+    since a hostile or misconfigured server may echo the request headers back in its error
+    body. Each string in ``secrets`` (at least 4 characters long) is replaced wherever it
+    occurs; ``Bearer <token>``, ``Authorization: <value>`` and ``sk-...`` keys are replaced
+    whatever their value. With ``max_chars``, the scrubbed text is cut to that many
+    characters (plus ``"..."``); the cut comes after the scrubbing, so it cannot leave the
+    head of a secret behind.
     """
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + "***", text)
     text = _SECRET_PATTERNS[1].sub("Bearer ***", text)
-    return _SECRET_PATTERNS[2].sub("sk-***", text)
+    text = _SECRET_PATTERNS[2].sub("sk-***", text)
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars] + "..."
+    return text
 
 
 def _decode_at(decoder: json.JSONDecoder, text: str, i: int) -> Any:
@@ -241,12 +252,6 @@ _MAX_MESSAGE = 300
 _DECODE_ERRORS = (ValueError, RecursionError, OverflowError)
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    """``text`` without the API key or any ``Bearer`` token, cut to a few hundred characters."""
-    text = scrub_secrets(text, [secret] if secret else [])
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
-
-
 def _retry_after(err: Exception) -> float | None:
     """Seconds from a ``Retry-After`` header (numeric form), or ``None``."""
     resp = getattr(err, "response", None)
@@ -272,9 +277,11 @@ class LLMClient:
     Args:
         base_url, model, api_key, temperature: see the module docstring for env fallbacks.
         max_tokens: cap on generated tokens per request (keeps CPU servers fast).
-        timeout: wall-clock deadline in seconds for each HTTP request, from sending it to
-            the whole answer read (a server trickling bytes cannot stretch it). A request
-            past its deadline is abandoned on a daemon thread and counted as a failure.
+        timeout: wall-clock deadline in seconds for a whole :meth:`complete_json` call:
+            every attempt, from sending it to the whole answer read (a server trickling
+            bytes cannot stretch it), and every back-off or ``Retry-After`` wait between
+            attempts. Each attempt gets the time that is left; a request still running at
+            the deadline is abandoned on a daemon thread and counted as a failure.
         max_retries: extra attempts after a failed request (0 = one attempt only).
         response_format: ``"auto"`` (try a JSON schema, then a JSON object, then plain
             text, remembering what the server accepted), ``"json_schema"``,
@@ -354,28 +361,29 @@ class LLMClient:
             )
         return self._client
 
-    def _create(self, kwargs: dict[str, Any]) -> Any:
-        """``chat.completions.create`` under a hard wall-clock deadline of ``self.timeout``.
+    def _create(self, kwargs: dict[str, Any], budget: float) -> Any:
+        """``chat.completions.create`` under a hard wall-clock limit of ``budget`` seconds.
 
         httpx's timeout bounds each socket read, so a server sending one byte a second never
-        trips it. The request runs on a daemon thread that we stop waiting for at the
-        deadline; the abandoned thread ends when its socket read times out or the server
-        finishes, and its result is dropped.
+        trips it. The request runs on a daemon thread that we stop waiting for after
+        ``budget`` seconds; the abandoned thread ends when its socket read times out (each
+        read is also limited to ``budget``) or the server finishes, and its result is
+        dropped.
         """
 
         box: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                box["resp"] = self.client.chat.completions.create(**kwargs)
+                box["resp"] = self.client.chat.completions.create(**kwargs, timeout=budget)
             except BaseException as e:  # handed to the caller's thread
                 box["err"] = e
 
         t = threading.Thread(target=work, name="hgpso-llm-request", daemon=True)
         t.start()
-        t.join(self.timeout)
+        t.join(budget)
         if t.is_alive():
-            raise TimeoutError(f"no complete answer within the {self.timeout} s deadline")
+            raise TimeoutError(f"no complete answer within the {self.timeout:g} s deadline")
         if "err" in box:
             raise box["err"]
         return box["resp"]
@@ -400,16 +408,39 @@ class LLMClient:
     def complete_json(self, messages: list[dict[str, str]], schema: dict | None = None) -> Any:
         """Send one chat request and return the decoded JSON answer.
 
-        Retries (bounded) on transport errors, 5xx, 429 and unparseable answers; raises
-        :class:`LLMError` when every attempt failed.
+        Retries (bounded by ``max_retries`` and by the one ``timeout`` deadline of the whole
+        call) on transport errors, 5xx, 429 and unparseable answers; raises
+        :class:`LLMError` when every attempt failed or the deadline left no time for another.
         """
         import openai
 
+        deadline = time.monotonic() + self.timeout
         last: Exception | None = None
-        attempt = -1
+        sent = 0  # requests sent in this call
         negotiations = 0  # response_format downgrades do not use up a retry
-        while attempt - negotiations < self.max_retries:
-            attempt += 1
+        gave_up = ""  # why the deadline ended the call early, for the error message
+
+        def more() -> bool:
+            return sent - negotiations <= self.max_retries
+
+        def pause(seconds: float, why: str) -> bool:
+            """Sleep before the next attempt, unless that attempt could not start in time."""
+            nonlocal gave_up
+            if not more():
+                return False
+            left = deadline - time.monotonic()
+            if seconds >= left:
+                gave_up = f"{why} of {seconds:g} s would pass the {self.timeout:g} s deadline"
+                return False
+            time.sleep(seconds)
+            return True
+
+        while more():
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                gave_up = f"the {self.timeout:g} s deadline passed"
+                break
+            attempt = sent
             if attempt > negotiations:
                 self.stats.retries += 1
             kwargs: dict[str, Any] = {
@@ -424,9 +455,10 @@ class LLMClient:
             if rf is not None:
                 kwargs["response_format"] = rf
             self.stats.calls += 1
+            sent += 1
             t0 = time.perf_counter()
             try:
-                resp = self._create(kwargs)
+                resp = self._create(kwargs, budget)
             except openai.RateLimitError as e:
                 self.stats.seconds += time.perf_counter() - t0
                 self.stats.failures += 1
@@ -434,8 +466,8 @@ class LLMClient:
                 wait = _retry_after(e)
                 if wait is None:
                     wait = self.backoff * 2**attempt
-                # a Retry-After longer than one request deadline is not worth sleeping through
-                time.sleep(min(wait, self.timeout, 60.0))
+                if not pause(wait, "a Retry-After wait"):
+                    break
                 continue
             except (openai.APITimeoutError, openai.APIConnectionError, TimeoutError) as e:
                 self.stats.seconds += time.perf_counter() - t0
@@ -461,7 +493,8 @@ class LLMClient:
                     continue
                 if code < 500:
                     break
-                time.sleep(min(self.backoff * 2**attempt, 10.0) * 0.1)
+                if not pause(min(self.backoff * 2**attempt, 10.0) * 0.1, "a back-off"):
+                    break
                 continue
             except Exception as e:  # undecodable HTTP body and other client-side surprises
                 self.stats.seconds += time.perf_counter() - t0
@@ -480,5 +513,8 @@ class LLMClient:
                 self.stats.failures += 1
                 last = e
                 continue
-        detail = _scrub(f"{type(last).__name__}: {last}", self._api_key)
-        raise LLMError(f"no usable LLM answer after {attempt + 1} attempt(s): {detail}")
+        detail = f"{type(last).__name__}: {last}" if last is not None else "no answer"
+        if gave_up:
+            detail = f"{gave_up}; last error {detail}"
+        detail = scrub_secrets(detail, [self._api_key], max_chars=_MAX_MESSAGE)
+        raise LLMError(f"no usable LLM answer after {sent} attempt(s): {detail}")

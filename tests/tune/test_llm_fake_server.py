@@ -61,7 +61,9 @@ def test_timeout_is_bounded(fake_llm):
     c = client(fake_llm, timeout=0.3, max_retries=1)
     with pytest.raises(LLMError):
         c.complete_json([{"role": "user", "content": "hi"}])
-    assert c.stats.calls == 2 and c.stats.seconds < 3.0
+    # timeout is one deadline for the whole call: the first request uses it all, so the
+    # allowed retry is never sent (test_llm_hostile.py has the wall-time bounds)
+    assert c.stats.calls == 1 and c.stats.failures == 1 and c.stats.seconds < 1.5
 
 
 def test_bad_request_downgrades_response_format(fake_llm):

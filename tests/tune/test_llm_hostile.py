@@ -13,7 +13,13 @@ import pytest
 
 from hgpso.tune import LLMPSO, Float, LLMClient, LLMError, SearchSpace
 from hgpso.tune import llm as llm_mod
-from hgpso.tune.llm import MAX_DECODE_ATTEMPTS, MAX_REPLY_CHARS, extract_json, parse_points
+from hgpso.tune.llm import (
+    MAX_DECODE_ATTEMPTS,
+    MAX_REPLY_CHARS,
+    extract_json,
+    parse_points,
+    scrub_secrets,
+)
 
 SPACE = SearchSpace({"x": Float(-1.0, 1.0), "y": Float(-1.0, 1.0)})
 SECRET = "sk-hostile-SECRET-987"
@@ -91,29 +97,99 @@ def test_5mb_reply_is_rejected_within_a_bound(fake_llm):
     assert st.llm_stats.fallbacks == 1
 
 
+# The deadline tests bound the wall time of a whole complete_json call by timeout + SLACK:
+# SLACK covers thread start-up and loopback connects on a shared CPU, and is far below what
+# the old per-attempt deadlines allowed (one timeout per attempt plus the waits between).
+SLACK = 1.5
+HI = [{"role": "user", "content": "hi"}]
+
+
+def timed_failure(c):
+    t0 = time.perf_counter()
+    with pytest.raises(LLMError) as ei:
+        c.complete_json(HI)
+    return time.perf_counter() - t0, str(ei.value)
+
+
 def test_trickling_server_hits_the_wall_clock_deadline(fake_llm):
     # a valid answer, one byte each 0.5 s: ~120 s to send; each read returns within 0.5 s
     fake_llm.script = [("trickle", ('{"points": []}', 0.5))]
     c = client(fake_llm, timeout=2.0, max_retries=0)
-    t0 = time.perf_counter()
-    with pytest.raises(LLMError):
-        c.complete_json([{"role": "user", "content": "hi"}])
-    assert time.perf_counter() - t0 < 8.0
+    elapsed, _ = timed_failure(c)
+    assert elapsed < 2.0 + SLACK
     assert c.stats.failures == 1
+
+
+def test_one_deadline_for_all_retries_of_a_trickling_server(fake_llm):
+    # 1 byte/s on every request; three retries allowed. The first attempt uses the whole
+    # 2 s, so no second request is sent (per-attempt deadlines took 4 x 2 s here).
+    fake_llm.default = ("trickle", ('{"points": []}', 1.0))
+    c = client(fake_llm, timeout=2.0, max_retries=3)
+    elapsed, msg = timed_failure(c)
+    assert elapsed < 2.0 + SLACK
+    assert c.stats.calls == 1 and c.stats.failures == 1 and c.stats.retries == 0
+    assert "after 1 attempt(s)" in msg and "deadline" in msg
+
+
+def test_always_503_stops_retrying_at_the_deadline(fake_llm):
+    # back-off for 5xx is 0.1 * backoff * 2**attempt: 0.1, 0.2, 0.4, 0.8, then 1.0 (capped),
+    # so about 1.5 s of waits fit in the 2 s deadline and the 1.0 s wait that would pass it
+    # is never started, although 20 retries were allowed.
+    fake_llm.default = ("status", 503)
+    c = client(fake_llm, timeout=2.0, max_retries=20, backoff=1.0)
+    elapsed, msg = timed_failure(c)
+    assert elapsed < 2.0 + SLACK
+    assert 2 <= c.stats.calls <= 5 and c.stats.failures == c.stats.calls
+    assert c.stats.retries == c.stats.calls - 1
+    assert f"after {c.stats.calls} attempt(s)" in msg
+    assert "back-off" in msg and "deadline" in msg and "503" in msg
+
+
+def test_always_429_honours_retry_after_within_the_deadline(fake_llm):
+    # Retry-After: 1 on every answer, 2.5 s deadline: waits of 1 s until the next one would
+    # pass the deadline (2 or 3 requests on a loaded CPU), never 11 requests and 10 s.
+    fake_llm.default = ("retry_after", (429, 1))
+    c = client(fake_llm, timeout=2.5, max_retries=10)
+    elapsed, msg = timed_failure(c)
+    assert 1.0 <= elapsed < 2.5 + SLACK
+    assert 2 <= c.stats.calls <= 3 and c.stats.failures == c.stats.calls
+    assert "Retry-After" in msg and "429" in msg
 
 
 def test_retry_after_is_honoured_and_bounded(fake_llm):
     fake_llm.script = [("retry_after", (429, 1)), ("ok", '{"points": []}')]
     c = client(fake_llm, max_retries=1)
     t0 = time.perf_counter()
-    assert c.complete_json([{"role": "user", "content": "hi"}]) == {"points": []}
+    assert c.complete_json(HI) == {"points": []}
     assert time.perf_counter() - t0 >= 1.0
-    # an absurd Retry-After is capped: no hour-long sleep
+    assert c.stats.calls == 2 and c.stats.retries == 1
+    # a Retry-After past the deadline is not slept through: the call ends at once (one
+    # request, no hour-long or deadline-long sleep), as a counted failure
     fake_llm.script = [("retry_after", (429, 3600)), ("ok", '{"points": []}')]
-    c = client(fake_llm, max_retries=1, timeout=2.0)
+    c = client(fake_llm, max_retries=1, timeout=3.0)
+    elapsed, msg = timed_failure(c)
+    assert elapsed < 3.0
+    assert c.stats.calls == 1 and "3600 s would pass the 3 s deadline" in msg
+
+
+def test_no_wait_after_the_last_allowed_attempt(fake_llm):
+    # a 429 on the last allowed attempt raises at once instead of sleeping its Retry-After
+    fake_llm.default = ("retry_after", (429, 2))
+    c = client(fake_llm, timeout=10.0, max_retries=0)
+    elapsed, msg = timed_failure(c)
+    assert elapsed < 2.0 and c.stats.calls == 1 and "after 1 attempt(s)" in msg
+
+
+def test_deadline_failure_is_a_counted_fallback_in_ask(fake_llm):
+    st = LLMPSO(SPACE, population=4, seed=0, llm=client(fake_llm, timeout=1.0), k=2)
+    first = st.ask()
+    st.tell(first, [float(i) for i in range(len(first))])
+    fake_llm.default = ("trickle", ('{"points": []}', 1.0))
     t0 = time.perf_counter()
-    c.complete_json([{"role": "user", "content": "hi"}])
-    assert time.perf_counter() - t0 < 15.0
+    pts, msgs = ask_with_fallback(st)
+    assert time.perf_counter() - t0 < 1.0 + SLACK
+    assert len(pts) == 4 and st.llm_stats.fallbacks == 1
+    assert any("deadline" in m for m in msgs)
 
 
 def test_401_reports_the_attempts_really_made(fake_llm):
@@ -135,6 +211,19 @@ def test_echoed_secrets_never_reach_errors_or_warnings(fake_llm):
     st.tell(st.ask(), [0.0, 1.0, 2.0, 3.0])
     _, msgs = ask_with_fallback(st)
     assert msgs and all(SECRET not in m for m in msgs)
+
+
+def test_one_scrubber_cuts_after_scrubbing():
+    # a key without a recognisable prefix, straddling the length cut: cutting first would
+    # leave its head ("tok-ABCDEFG") in the message
+    key = "tok-ABCDEFGHIJKLMNOP"
+    text = "x" * 289 + " " + key + " and more" * 10
+    out = scrub_secrets(text, [key], max_chars=300)
+    assert out == "x" * 289 + " *** and mo..."
+    # the patterns need no list of secrets
+    assert scrub_secrets("Authorization: Bearer abc.def") == "Authorization: ***"
+    assert scrub_secrets("use sk-abcdefgh1234 here") == "use sk-*** here"
+    assert not hasattr(llm_mod, "_scrub")  # one scrubber for every message path
 
 
 def test_unrelated_400_does_not_downgrade_the_format(fake_llm, monkeypatch):
