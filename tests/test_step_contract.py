@@ -1,4 +1,4 @@
-"""The step contract with what users put in a closure: clipping and torch.compile'd modules.
+"""The step contract with what users bring: clipping, torch.compile'd modules, schedulers.
 
 Backs two rows of the table in docs/guides/step-contract.md.
 """
@@ -39,22 +39,28 @@ def test_clip_grad_norm_in_the_closure_clips_the_gradient_the_swarm_uses():
     torch.testing.assert_close(w.detach(), w0)  # the model holds the global best: w0
 
 
+X = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
+
+
+def _step(opt, forward, path):
+    """One step through ``path``: "closure", or the vectorized "loop" / "vmap"."""
+    if path == "closure":
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(forward(X), Y)
+            loss.backward()
+            return loss
+
+        return opt.step(closure)
+    return opt.step(hgpso.vectorized_closure(forward, F.cross_entropy, X, Y, strategy=path))
+
+
 def _run(model, forward, path, steps=3):
-    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(2))
     opt = HGPSO(model.parameters(), lr=0.1, num_particles=4, seed=3)
     for _ in range(steps):
-        if path == "closure":
-
-            def closure():
-                opt.zero_grad()
-                loss = F.cross_entropy(forward(x), y)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        else:
-            opt.step(hgpso.vectorized_closure(forward, F.cross_entropy, x, y, strategy=path))
+        _step(opt, forward, path)
     return opt
 
 
@@ -73,3 +79,24 @@ def test_torch_compiled_module_gives_the_same_swarm(path):
             torch.testing.assert_close(a.state[p][key], b.state[q][key], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert a.state["swarm"]["gbest_index"] == b.state["swarm"]["gbest_index"]
+
+
+def test_scheduler_with_the_vectorized_closure_equals_the_closure_path():
+    """A scheduler only writes param_groups' lr, so it drives both evaluation paths alike."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    models = {"closure": model, "loop": copy.deepcopy(model), "vmap": copy.deepcopy(model)}
+    opts, lrs = {}, {}
+    for path, m in models.items():
+        opts[path] = HGPSO(m.parameters(), lr=0.1, num_particles=4, seed=3)
+        sched = torch.optim.lr_scheduler.StepLR(opts[path], step_size=1, gamma=0.5)
+        lrs[path] = []
+        for _ in range(3):
+            _step(opts[path], m, path)
+            sched.step()
+            lrs[path].append(opts[path].param_groups[0]["lr"])
+    assert lrs["closure"] == lrs["loop"] == lrs["vmap"] == [0.05, 0.025, 0.0125]
+    for path in ("loop", "vmap"):
+        for p, q in zip(model.parameters(), models[path].parameters(), strict=True):
+            a, b = opts["closure"].state[p], opts[path].state[q]
+            torch.testing.assert_close(a["position"], b["position"], rtol=1e-5, atol=1e-6)
