@@ -1,9 +1,11 @@
 r"""Pure tensor math of the particle-swarm updates.
 
 Nothing in this module knows about modules, closures, devices or optimizer state: every
-function takes tensors and numbers and mutates the tensors it is given in place. The
-optimizer classes in :mod:`hgpso.optim` call these functions, and every fast path (the
-fused CUDA kernel in :mod:`hgpso.kernels`) is tested against them.
+function takes tensors and numbers; those ending in ``_`` mutate the tensors they are given
+in place, :func:`hgpso_update` returns new ones (the optimizer uses it so that a step that
+fails half-way leaves its state untouched). The optimizer classes in :mod:`hgpso.optim`
+call these functions, and every fast path (the fused CUDA kernel in :mod:`hgpso.kernels`)
+is tested against them.
 
 Tensor layout: each tensor in ``positions``, ``velocities``, ``pbests``, ``grads``, ``r1``
 and ``r2`` has shape ``(N, *param_shape)`` (N particles); each tensor in ``gbests`` has shape
@@ -20,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "accept_personal_bests_",
+    "hgpso_update",
     "hgpso_update_",
     "perturb_",
     "success_adaptive_coefficients",
@@ -31,6 +34,88 @@ def _check_lists(**lists: Sequence[Tensor] | None) -> int:
     if len(set(lengths.values())) > 1:
         raise ValueError(f"tensor lists must have equal lengths, got {lengths}")
     return next(iter(lengths.values()), 0)
+
+
+def hgpso_update(
+    positions: Sequence[Tensor],
+    velocities: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    grads: Sequence[Tensor] | None,
+    r1: Sequence[Tensor],
+    r2: Sequence[Tensor],
+    *,
+    lr: float,
+    inertia: float,
+    cognitive: float,
+    social: float,
+    max_velocity: float | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    r"""One velocity and position update of every particle, into new tensors.
+
+    .. math::
+        \begin{aligned}
+            v' &= w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x) - \eta\,\nabla L(x) \\
+            v' &\leftarrow \operatorname{clamp}(v', -v_{max}, v_{max})
+                 \quad \text{(if } v_{max} \text{ is given)} \\
+            x' &= x + v'
+        \end{aligned}
+
+    with :math:`w` = ``inertia``, :math:`c_1` = ``cognitive``, :math:`c_2` = ``social``,
+    :math:`\eta` = ``lr``, :math:`p` the personal bests, :math:`g` the global best and
+    :math:`r_1, r_2 \sim U[0, 1)` drawn per element and per particle (given here, so the
+    caller owns the random stream). ``grads=None`` (or ``lr == 0``) gives the plain,
+    gradient-free PSO update. ``pbests`` may be ``positions`` itself (a swarm whose personal
+    bests are its current positions: the cognitive term is then :math:`c_1 r_1 \odot 0`).
+
+    The arithmetic is done in this order (the fused kernel follows it, so results agree
+    to rounding): ``v' = w*v``; ``v' += c1*(r1*(p - x))``; ``v' += c2*(r2*(g - x))``;
+    ``v' -= lr*grad``; clamp; ``x' = x + v'``.
+
+    Returns:
+        ``(new_positions, new_velocities)``. ``positions``, ``velocities``, ``pbests``,
+        ``gbests``, ``grads`` and ``r2`` are only read. **``r1`` is consumed**: once
+        :math:`r_1 \odot (p - x)` is formed its storage holds :math:`v'` and is returned, so
+        the update needs one ``(N, *S)`` scratch tensor per parameter besides ``r1``,
+        ``r2`` and the two results (the new positions are written into that scratch).
+        Pass a clone of ``r1`` to keep it.
+    """
+    n = _check_lists(
+        positions=positions,
+        velocities=velocities,
+        pbests=pbests,
+        gbests=gbests,
+        grads=grads,
+        r1=r1,
+        r2=r2,
+    )
+    if n == 0:
+        return [], []
+    positions = list(positions)
+    # r1*(p - x) into one scratch tensor per parameter
+    scratch = list(torch._foreach_sub(list(pbests), positions))
+    torch._foreach_mul_(scratch, list(r1))
+    # r1 is used up: its storage takes w*v (copy, then scale in place: for float16 and
+    # bfloat16 the in-place foreach product rounds differently from the out-of-place one)
+    new_v = list(r1)
+    torch._foreach_copy_(new_v, list(velocities))
+    torch._foreach_mul_(new_v, inertia)
+    torch._foreach_add_(new_v, scratch, alpha=cognitive)
+    # + c2*r2*(g - x); g broadcasts over the particle dimension
+    for out, g, x in zip(scratch, gbests, positions, strict=True):
+        torch.sub(g.unsqueeze(0), x, out=out)
+    torch._foreach_mul_(scratch, list(r2))
+    torch._foreach_add_(new_v, scratch, alpha=social)
+    # - lr*grad
+    if grads is not None and lr != 0.0:
+        torch._foreach_add_(new_v, list(grads), alpha=-lr)
+    if max_velocity is not None:
+        torch._foreach_clamp_min_(new_v, -max_velocity)
+        torch._foreach_clamp_max_(new_v, max_velocity)
+    # x + v' into the scratch tensor
+    for out, x, v in zip(scratch, positions, new_v, strict=True):
+        torch.add(x, v, out=out)
+    return scratch, new_v
 
 
 def hgpso_update_(
@@ -48,57 +133,35 @@ def hgpso_update_(
     social: float,
     max_velocity: float | None = None,
 ) -> None:
-    r"""One velocity and position update of every particle, in place.
+    r"""The update of :func:`hgpso_update`, written back into ``positions`` and
+    ``velocities`` (the reference every fused kernel is tested against; ``r1`` and ``r2``
+    are left as given).
 
     .. math::
         \begin{aligned}
             v &\leftarrow w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x)
                  - \eta\,\nabla L(x) \\
-            v &\leftarrow \operatorname{clamp}(v, -v_{max}, v_{max})
-                 \quad \text{(if } v_{max} \text{ is given)} \\
+            v &\leftarrow \operatorname{clamp}(v, -v_{max}, v_{max}) \\
             x &\leftarrow x + v
         \end{aligned}
-
-    with :math:`w` = ``inertia``, :math:`c_1` = ``cognitive``, :math:`c_2` = ``social``,
-    :math:`\eta` = ``lr``, :math:`p` the personal bests, :math:`g` the global best and
-    :math:`r_1, r_2 \sim U[0, 1)` drawn per element and per particle (given here, so the
-    caller owns the random stream). ``grads=None`` (or ``lr == 0``) gives the plain,
-    gradient-free PSO update.
-
-    The arithmetic is done in this order (the fused kernel follows it, so results agree
-    to rounding): ``v = w*v``; ``v += c1*r1*(p - x)``; ``v += c2*r2*(g - x)``;
-    ``v -= lr*grad``; clamp; ``x += v``.
     """
-    n = _check_lists(
-        positions=positions,
-        velocities=velocities,
-        pbests=pbests,
-        gbests=gbests,
-        grads=grads,
-        r1=r1,
-        r2=r2,
+    new_x, new_v = hgpso_update(
+        positions,
+        velocities,
+        pbests,
+        gbests,
+        grads,
+        [r.clone() for r in r1],
+        r2,
+        lr=lr,
+        inertia=inertia,
+        cognitive=cognitive,
+        social=social,
+        max_velocity=max_velocity,
     )
-    if n == 0:
-        return
-    positions, velocities = list(positions), list(velocities)
-    # w*v
-    torch._foreach_mul_(velocities, inertia)
-    # + c1*r1*(p - x)
-    diff = list(torch._foreach_sub(list(pbests), positions))
-    torch._foreach_mul_(diff, list(r1))
-    torch._foreach_add_(velocities, diff, alpha=cognitive)
-    # + c2*r2*(g - x); g broadcasts over the particle dimension
-    diff = [g.unsqueeze(0) - x for g, x in zip(gbests, positions, strict=True)]
-    torch._foreach_mul_(diff, list(r2))
-    torch._foreach_add_(velocities, diff, alpha=social)
-    del diff
-    # - lr*grad
-    if grads is not None and lr != 0.0:
-        torch._foreach_add_(velocities, list(grads), alpha=-lr)
-    if max_velocity is not None:
-        torch._foreach_clamp_min_(velocities, -max_velocity)
-        torch._foreach_clamp_max_(velocities, max_velocity)
-    torch._foreach_add_(positions, velocities)
+    if new_x:
+        torch._foreach_copy_(list(velocities), new_v)
+        torch._foreach_copy_(list(positions), new_x)
 
 
 def accept_personal_bests_(

@@ -13,11 +13,19 @@ from hgpso.optim import swarm as swarm_module
 from tests.conftest import TinyNet, make_closure
 
 
-def _trained(steps: int = 2, n: int = 4):
+def _groups(model):
+    return [
+        {"params": model.fc1.parameters(), "lr": 0.05},
+        {"params": model.fc2.parameters()},
+    ]
+
+
+def _trained(steps: int = 2, n: int = 4, groups: bool = False, **kw):
     torch.manual_seed(0)
     model = TinyNet()
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt = HGPSO(model.parameters(), num_particles=n, seed=1)
+    params = _groups(model) if groups else model.parameters()
+    opt = HGPSO(params, num_particles=n, seed=1, **kw)
     for _ in range(steps):
         opt.step(make_closure(opt, model, x, y))
     return model, opt, x, y
@@ -27,18 +35,31 @@ def _snapshot(model, opt):
     return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 
 
+def _same_bits(a, b):
+    """Equal bit for bit (torch.equal calls -0.0 and 0.0 equal, and NaN unequal to itself)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        a, b = a.view(torch.int32), b.view(torch.int32)
+    return torch.equal(a, b)
+
+
+def _assert_same_state(now, then):
+    assert now["state"].keys() == then["state"].keys()
+    for k, entry in then["state"].items():
+        assert now["state"][k].keys() == entry.keys(), k
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                assert _same_bits(now["state"][k][key], value), (k, key)
+            else:
+                assert now["state"][k][key] == value, (k, key)
+
+
 def _assert_unchanged(model, opt, snap):
     model_sd, opt_sd = snap
     for k, v in model.state_dict().items():
-        assert torch.equal(v, model_sd[k]), k
-    now = opt.state_dict()
-    assert now["state"].keys() == opt_sd["state"].keys()
-    for k, entry in opt_sd["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(now["state"][k][key], value), (k, key)
-            else:
-                assert now["state"][k][key] == value, (k, key)
+        assert _same_bits(v, model_sd[k]), k
+    _assert_same_state(opt.state_dict(), opt_sd)
 
 
 # ------------------------------------------------------------------ load_state_dict
@@ -49,7 +70,13 @@ def _corrupt(sd, how):
     elif how == "missing_velocity":
         del sd["state"][2]["velocity"]
     elif how == "dtype":
-        sd["state"][1]["pbest"] = sd["state"][1]["pbest"].double()
+        sd["state"][1]["gbest"] = sd["state"][1]["gbest"].double()
+    elif how == "meta":
+        sd["state"][2]["velocity"] = torch.empty_like(sd["state"][2]["velocity"], device="meta")
+    elif how == "meta_losses":
+        sd["state"]["swarm"]["pbest_losses"] = torch.empty(4, device="meta")
+    elif how == "missing_gbest":
+        del sd["state"][3]["gbest"]
     elif how == "particles_in_param":
         sd["state"][3]["velocity"] = sd["state"][3]["velocity"][:2]
     elif how == "step_string":
@@ -66,7 +93,10 @@ def _corrupt(sd, how):
     [
         ("broadcastable_shape", r"parameter 0 of param group 0 \(shape \(8, 6\)\)"),
         ("missing_velocity", r"lacks 'velocity' for parameter 2"),
-        ("dtype", r"'pbest' of parameter 1 .* dtype torch.float64"),
+        ("dtype", r"'gbest' of parameter 1 .* dtype torch.float64"),
+        ("meta", r"'velocity' of parameter 2 of param group 0 \(shape \(3, 8\)\) .*meta"),
+        ("meta_losses", r"pbest_losses'\] must be a floating tensor with data"),
+        ("missing_gbest", r"lacks 'gbest' for parameter 3"),
         ("particles_in_param", r"'velocity' of parameter 3 .* shape \(2, 3\)"),
         ("step_string", r"'step'.*'seven'"),
         ("gbest_index", r"gbest_index'\]=9"),
@@ -100,55 +130,129 @@ def _boom(*args, **kwargs):
     raise RuntimeError("injected")
 
 
-@pytest.mark.parametrize(
-    "stage", ["closure", "valid", "score", "adapt", "accept", "update", "reseed"]
-)
-def test_a_failing_step_leaves_model_on_gbest_and_swarm_state_intact(stage, monkeypatch):
-    model, opt, x, y = _trained()
+def _fail_on_call(real, fail_at):
+    """``real`` that raises on its ``fail_at``-th call (1-based)."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise RuntimeError("injected")
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+def _closure(opt, model, x, y, nan_particle=None):
+    """The standard closure; particle ``nan_particle`` (0-based, per step) scores NaN."""
+    calls = []
+
+    def closure():
+        k = len(calls) % opt.num_particles
+        calls.append(1)
+        loss = make_closure(opt, model, x, y)()
+        return loss * float("nan") if k == nan_particle else loss
+
+    return closure
+
+
+STAGES = [
+    "closure",
+    "valid",
+    "score",
+    "adapt",
+    "accept",
+    "move_group0",
+    "move_group1",
+    "update_math_group1",
+    "reseed",
+    "write_rows",
+]
+
+
+@pytest.mark.parametrize("forget", [1.0, 0.5])
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_failing_step_leaves_model_on_gbest_and_swarm_state_intact(stage, forget, monkeypatch):
+    """Whatever stage fails, the model is back on the last global best and every state
+    tensor, swarm value and the random stream are bit for bit what they were; the next
+    (successful) step is then exactly the step an uninterrupted optimizer makes."""
+    model, opt, x, y = _trained(groups=True, forget=forget)
     gbest = [g.clone() for g in opt.gbest()]
     snap = _snapshot(model, opt)
-    closure = make_closure(opt, model, x, y)
-    if stage == "closure":
-        calls = []
-
-        def closure():  # fails on the third particle, after two evaluations
-            calls.append(1)
-            if len(calls) == 3:
-                raise RuntimeError("injected")
-            return make_closure(opt, model, x, y)()
-
-    elif stage == "valid":
-        monkeypatch.setattr(swarm_module.SwarmOptimizer, "_valid_particles", _boom)
-    elif stage == "score":
-        monkeypatch.setattr(HF, "accept_personal_bests_", _boom)
-    elif stage == "adapt":
-        monkeypatch.setattr(swarm_module.SwarmOptimizer, "_adapt", _boom)
-    elif stage == "accept":
-        monkeypatch.setattr(swarm_module.SwarmOptimizer, "_accept_bests", _boom)
-    elif stage == "update":
-        monkeypatch.setattr(HF, "hgpso_update_", _boom)
-    elif stage == "reseed":
-        monkeypatch.setattr(swarm_module.SwarmOptimizer, "_reseed", _boom)
-        closure_ok, calls = closure, []
-
-        def closure():  # particle 1 is non-finite, so the step re-seeds it
-            calls.append(1)
-            loss = closure_ok()
-            return loss * float("nan") if len(calls) == 2 else loss
-
-    with pytest.raises(RuntimeError, match="injected"):
-        opt.step(closure)
+    nan_particle = 1 if stage in ("reseed", "write_rows") else None  # so the step re-seeds
+    closure = _closure(opt, model, x, y, nan_particle)
+    cls = swarm_module.SwarmOptimizer
+    with monkeypatch.context() as mp:
+        if stage == "closure":
+            closure = _fail_on_call(closure, 3)  # after two particles were evaluated
+        elif stage == "valid":
+            mp.setattr(cls, "_valid_particles", _boom)
+        elif stage == "score":
+            mp.setattr(HF, "accept_personal_bests_", _boom)
+        elif stage == "adapt":
+            mp.setattr(cls, "_adapt", _boom)
+        elif stage == "accept":
+            mp.setattr(cls, "_accept_bests", _boom)
+        elif stage in ("move_group0", "move_group1"):
+            mp.setattr(cls, "_update_group", _fail_on_call(cls._update_group, int(stage[-1]) + 1))
+        elif stage == "update_math_group1":  # inside the update arithmetic of group 1
+            mp.setattr(torch, "_foreach_clamp_min_", _boom)
+            opt.param_groups[1]["max_velocity"] = 0.5
+        elif stage == "reseed":
+            mp.setattr(cls, "_reseed", _boom)
+        elif stage == "write_rows":
+            mp.setattr(cls, "_write_rows", _boom)
+        with pytest.raises(RuntimeError, match="injected"):
+            opt.step(closure)
+    opt.param_groups[1]["max_velocity"] = None
     for p, g in zip(model.parameters(), gbest, strict=True):
-        assert torch.equal(p, g)
-    if stage in ("closure", "valid", "score", "adapt", "accept"):
-        _assert_unchanged(model, opt, snap)  # every state tensor and swarm value
-    else:  # after the commit began: swarm-wide values and the random stream are restored
-        now = opt.state_dict()["state"]["swarm"]
-        for key, value in snap[1]["state"]["swarm"].items():
-            if key == "pbest_losses":
-                assert torch.equal(now[key], value)
-            elif key != "rng_state":
-                assert now[key] == value, key
+        assert _same_bits(p.detach(), g)
+    _assert_unchanged(model, opt, snap)
+    # the step after the failure is the step the optimizer would have made without it
+    model2, opt2, _, _ = _trained(groups=True, forget=forget)
+    opt.step(_closure(opt, model, x, y, nan_particle))
+    opt2.step(_closure(opt2, model2, x, y, nan_particle))
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert _same_bits(p.detach(), q.detach())
+    _assert_same_state(opt.state_dict(), opt2.state_dict())
+    assert opt.state["swarm"]["nan_reseeds"] == (1 if nan_particle is not None else 0)
+
+
+def test_failing_step_on_the_fused_path_launches_nothing(monkeypatch):
+    """The fused kernel updates in place, so its launches are deferred to the commit: a
+    failure while group 1 is prepared leaves group 0 unmoved (run on the op's CPU twin)."""
+    from hgpso import kernels
+    from hgpso.kernels import _build
+
+    try:
+        _build.load_library(build_if_missing=False)
+    except Exception as error:  # no cached or AOT build here
+        pytest.skip(f"fused kernel library not built: {error}")
+    monkeypatch.setattr(kernels, "_DETECTED", True)
+    monkeypatch.setattr(kernels, "_LOAD_ERROR", None)
+    monkeypatch.setattr(kernels, "_ALLOW_CPU_TWIN", True)
+    launches = []
+    real = kernels.fused_hgpso_update_
+
+    def spy(*args, **kwargs):
+        launches.append(kwargs["offset"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "fused_hgpso_update_", spy)
+    model, opt, x, y = _trained(groups=True, fused=True)
+    assert launches == [0, 1, 2, 3]
+    snap = _snapshot(model, opt)
+    cls = swarm_module.SwarmOptimizer
+    with monkeypatch.context() as mp:
+        mp.setattr(cls, "_update_group", _fail_on_call(cls._update_group, 2))
+        with pytest.raises(RuntimeError, match="injected"):
+            opt.step(make_closure(opt, model, x, y))
+    assert launches == [0, 1, 2, 3]
+    _assert_unchanged(model, opt, snap)
+    model2, opt2, _, _ = _trained(groups=True, fused=True)
+    opt.step(_closure(opt, model, x, y, nan_particle=2))
+    opt2.step(_closure(opt2, model2, x, y, nan_particle=2))
+    _assert_same_state(opt.state_dict(), opt2.state_dict())
 
 
 # ------------------------------------------------------------------ misuse
@@ -168,6 +272,7 @@ def test_parameter_without_gradient_counts_as_zero():
     opt = HGPSO([used, unused], num_particles=3, seed=0, cognitive=0.0, social=0.0)
     opt._init_swarm()
     before = opt.state[unused]["position"].clone()
+    used_before = opt.state[used]["position"].clone()
 
     def closure():
         opt.zero_grad()
@@ -178,7 +283,7 @@ def test_parameter_without_gradient_counts_as_zero():
     opt.step(closure)
     # zero gradient, no swarm pull, zero velocity: the unused parameter's particles stay put
     assert torch.equal(opt.state[unused]["position"], before)
-    assert not torch.equal(opt.state[used]["position"][1], opt.state[used]["pbest"][1])
+    assert not torch.equal(opt.state[used]["position"][1], used_before[1])
 
 
 def test_pso_closure_needs_no_backward():
@@ -207,27 +312,57 @@ def test_all_parameters_frozen_is_an_error():
         HGPSO(model.parameters())
 
 
+@pytest.mark.parametrize("cls", [HGPSO, PSO])
+def test_freezing_every_parameter_after_construction_is_a_clear_error(cls):
+    model, opt, x, y = _trained()
+    if cls is PSO:
+        opt = PSO(model.parameters(), num_particles=3, seed=0)
+        opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    snap = _snapshot(model, opt)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(RuntimeError, match=r"requires_grad=False.*4 swarm parameter\(s\) are "
+                       r"frozen \(all of them are\)"):
+        opt.step(make_closure(opt, model, x, y))
+    _assert_unchanged(model, opt, snap)
+
+
 def test_impossible_swarm_size_names_num_particles_and_bytes(monkeypatch):
     p = nn.Parameter(torch.zeros(1000))
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
 
-    opt = HGPSO([p], num_particles=10**6)
     monkeypatch.setattr(swarm_module.SwarmOptimizer, "_allocate_swarm", oom)
-    with pytest.raises(RuntimeError, match=r"num_particles=1000000.*12000000000 bytes"):
+    # forget=1: positions, velocities and one global best, (2N + 1) copies of 4000 bytes
+    opt = HGPSO([p], num_particles=10**6)
+    with pytest.raises(
+        RuntimeError, match=r"num_particles=1000000 for a model of 1000 parameters.*8000004000 bytes"
+    ):
         opt.step(lambda: p.sum())
     assert "swarm" not in opt.state and p not in opt.state
+    opt = HGPSO([p], num_particles=10**6, forget=0.5)  # + personal bests: (3N + 1) copies
+    with pytest.raises(RuntimeError, match=r"personal bests.* 12000004000 bytes"):
+        opt.step(lambda: p.sum())
 
 
-def test_freezing_a_layer_later_does_not_reshape_the_swarm():
+def test_freezing_one_parameter_later_is_refused_with_nothing_lost():
+    """The swarm's parameters are fixed when it is created; a parameter frozen afterwards
+    would keep moving with the swarm, so the step refuses, naming it, and changes nothing.
+    Unfreezing it lets training continue exactly as before."""
     model, opt, x, y = _trained()
-    shapes = {k: v["position"].shape for k, v in opt.state_dict()["state"].items() if k != "swarm"}
-    model.fc1.weight.requires_grad_(False)
-    opt.step(make_closure(opt, model, x, y))  # its gradient is now absent: counts as zero
-    after = opt.state_dict()["state"]
-    assert {k: v["position"].shape for k, v in after.items() if k != "swarm"} == shapes
-    assert torch.equal(model.fc1.weight, opt.gbest()[0])
+    snap = _snapshot(model, opt)
+    model.fc2.weight.requires_grad_(False)
+    with pytest.raises(
+        RuntimeError,
+        match=r"parameter 2 of param group 0 \(shape \(3, 8\)\) now has requires_grad=False",
+    ):
+        opt.step(make_closure(opt, model, x, y))
+    _assert_unchanged(model, opt, snap)
+    model.fc2.weight.requires_grad_(True)
+    opt.step(make_closure(opt, model, x, y))
+    model2, opt2, _, _ = _trained(steps=3)
+    _assert_same_state(opt.state_dict(), opt2.state_dict())
 
 
 def test_swarm_wide_options_travel_with_the_state_dict():

@@ -6,17 +6,30 @@ as bests, guarded against NaN, adapted and saved) is defined once, here.
 
 State layout (the single definition of it):
 
-``optimizer.state[p]`` for every trainable parameter ``p`` (shape ``S``):
-    ``position``, ``velocity``, ``pbest``: tensors of shape ``(N, *S)`` in ``p``'s dtype
-    and device; row ``i`` is particle ``i``.
+``optimizer.state[p]`` for every trainable parameter ``p`` (shape ``S``, ``P`` elements),
+in ``p``'s dtype and device:
+    ``position``, ``velocity``: tensors of shape ``(N, *S)``; row ``i`` is particle ``i``.
+    ``gbest``: shape ``S``, the global best position (what the model holds after a step).
+    ``pbest``: shape ``(N, *S)``, the personal bests, **only when** ``forget < 1``. With
+    ``forget = 1`` a particle's personal best is always the position it was just scored at,
+    so none is stored: the swarm keeps :math:`(2N + 1)P` numbers instead of
+    :math:`(3N + 1)P` (see :meth:`SwarmOptimizer._score` for the one case where this
+    changes a result: particles that are not finite).
 ``optimizer.state["swarm"]`` (one per optimizer, since a particle spans all groups):
-    ``step`` (int), ``pbest_losses`` (``(N,)`` float32 on the parameters' device),
-    ``gbest_index`` (int), ``gbest_loss`` (float), ``rng_state`` (the state of the swarm's
+    ``step`` (int), ``pbest_losses`` (``(N,)`` float32 on the parameters' device; with
+    ``forget = 1`` the losses of the last scoring, ``+inf`` for a non-finite particle),
+    ``gbest_index`` (int: the particle whose scored position became ``gbest``),
+    ``gbest_loss`` (float), ``rng_state`` (the state of the swarm's
     :class:`~hgpso.optim.random.SwarmRandom`, refreshed by :meth:`state_dict`),
     ``kernel_seed`` (int, for the fused kernel's counter-based randoms), ``success_rate``,
     ``loss_ema``, ``best_loss_ema`` (floats),
     ``steps_since_improvement`` (int), ``lr_scale`` (float), ``nan_reseeds`` (int),
     ``evaluations`` (int: forward passes spent).
+
+A step is atomic: the new positions, velocities, personal and global bests are computed
+into new tensors, and only when everything has succeeded are they swapped into
+``optimizer.state`` (plain reference assignments); a failure anywhere before leaves the state
+exactly as it was and the model on the last global best.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
+from hgpso.evaluate.buffers import BufferWatch, resolve, running_stat_modules
 from hgpso.optim.random import SwarmRandom
 
 __all__ = ["SwarmOptimizer"]
@@ -87,6 +101,16 @@ def _check_number(
         lo = "(" if low_open else "["
         raise ValueError(f"invalid {name}: {value!r}, expected a value in {lo}{low}, {high}]")
 
+
+
+def _check_buffer(what: str, t: object, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """A saved per-particle buffer tensor must have the live buffer's shape and dtype."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{what} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{what} has dtype {t.dtype}, expected {dtype}")
 
 class SwarmOptimizer(Optimizer):
     """Common machinery of the particle-swarm optimizers (not used directly)."""
@@ -157,7 +181,6 @@ class SwarmOptimizer(Optimizer):
         self.seed = seed
         self.fused = fused
         self._random: SwarmRandom | None = None
-        self._last_gbest: list[Tensor] | None = None
         devices = {p.device for p in self._trainable()}
         if len(devices) > 1:
             raise ValueError(
@@ -262,12 +285,7 @@ class SwarmOptimizer(Optimizer):
             self._members = None
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
-            need = 3 * n * sum(p.numel() * p.element_size() for p in self._trainable())
-            raise RuntimeError(
-                f"cannot allocate a swarm of num_particles={n}: its position, velocity and "
-                f"personal-best tensors need {need} bytes ({need / 2**30:.2f} GiB) on "
-                f"{self._device()}; lower num_particles"
-            ) from error
+            raise RuntimeError(self._out_of_memory_message(n)) from error
         self.state[_SWARM] = {
             "step": 0,
             "pbest_losses": torch.full((n,), math.inf, device=self._device()),
@@ -275,9 +293,31 @@ class SwarmOptimizer(Optimizer):
             **_SWARM_DEFAULTS,
             "kernel_seed": rng.integer(),
         }
+        self._reset_buffer_tracking(from_checkpoint=False)
+
+    def _keeps_pbest(self) -> bool:
+        """Whether personal bests are stored: only with memory across batches (``forget < 1``);
+        with ``forget = 1`` a personal best is the position the particle was scored at."""
+        return self.forget < 1.0
+
+    def _out_of_memory_message(self, n: int) -> str:
+        params = self._trainable()
+        count = sum(p.numel() for p in params)
+        per_copy = sum(p.numel() * p.element_size() for p in params)
+        copies = 3 * n + 1 if self._keeps_pbest() else 2 * n + 1
+        need = copies * per_copy
+        what = "positions, velocities" + (", personal bests" if self._keeps_pbest() else "")
+        return (
+            f"cannot allocate a swarm of num_particles={n} for a model of {count} parameters "
+            f"({len(params)} tensors, {per_copy} bytes): its {what} and global best "
+            f"({copies} copies of the model) need {need} bytes ({need / 2**30:.2f} GiB) on "
+            f"{self._device()}, and a step needs about 4 more per particle for gradients "
+            "and temporaries; lower num_particles"
+        )
 
     def _allocate_swarm(self, rng: SwarmRandom, n: int) -> None:
-        """Per-parameter state: ``position``, ``velocity``, ``pbest`` of shape ``(N, *S)``."""
+        """Per-parameter state: ``position``, ``velocity`` (and ``pbest`` when
+        ``forget < 1``) of shape ``(N, *S)``, ``gbest`` of shape ``S``."""
         with torch.no_grad():
             for group in self.param_groups:
                 for p in self._group_trainable(group):
@@ -290,8 +330,10 @@ class SwarmOptimizer(Optimizer):
                     self.state[p] = {
                         "position": position,
                         "velocity": torch.zeros_like(position),
-                        "pbest": position.clone(),
+                        "gbest": p.detach().clone(),  # particle 0, the model as given
                     }
+                    if self._keeps_pbest():
+                        self.state[p]["pbest"] = position.clone()
 
     # -------------------------------------------------------------- public views
     @property
@@ -303,9 +345,10 @@ class SwarmOptimizer(Optimizer):
         return self.state[_SWARM]["steps_since_improvement"] >= self.patience
 
     def gbest(self) -> list[Tensor]:
-        """The global best position, one tensor per trainable parameter (views)."""
-        i = self.swarm["gbest_index"]
-        return [x[i] for x in self._all("pbest")]
+        """The global best position, one tensor per trainable parameter (the swarm's own
+        copies: read them, do not modify them)."""
+        self._init_swarm()
+        return self._all("gbest")
 
     def effective_hyperparameters(self, group: dict[str, Any] | int = 0) -> dict[str, float]:
         """``lr``, ``inertia``, ``cognitive``, ``social`` as the next step will use them
@@ -338,8 +381,14 @@ class SwarmOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ the step
     def _write_gbest_into_params(self) -> None:
+        """The model takes the global best's weights and its per-particle buffers."""
         for p, g in zip(self._trainable(), self.gbest(), strict=True):
             p.copy_(g)
+        slots = self.__dict__.get("_buffer_slots")
+        if slots:
+            gbest_buffers = self.state[_SWARM]["gbest_buffers"]
+            for (name, _, _), b in zip(slots, resolve([(m, k) for _, m, k in slots]), strict=True):
+                b.copy_(gbest_buffers[name])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Tensor:  # type: ignore[override]
@@ -364,11 +413,12 @@ class SwarmOptimizer(Optimizer):
                 "Pass `optimizer.step(closure)` (or `hgpso.vectorized_closure(...)`)."
             )
         self._init_swarm()
+        self._check_members()
         params = self._trainable()
         if not params:
             return torch.tensor(math.nan)
         swarm = self.state[_SWARM]
-        request = EvaluationRequest(params, self._all("position"), self.uses_gradients)
+        request = self._evaluation_request(params)
         try:
             losses, grads = evaluate_particles(closure, request)
             if losses.shape != (self.num_particles,):
@@ -389,35 +439,66 @@ class SwarmOptimizer(Optimizer):
             except BaseException:
                 self._write_gbest_into_params()
                 raise
-        # the bookkeeping runs under the same protection: a failure restores the swarm-wide
-        # state and the random stream (cheap copies) and puts the model back on the gbest
-        saved = {**swarm, "pbest_losses": swarm["pbest_losses"].clone()}
+        # the bookkeeping and the move are prepared out of place and committed by swapping
+        # references (see _advance): a failure leaves every state tensor untouched. The
+        # swarm-wide numbers that _adapt updates and the random stream are restored from
+        # these cheap copies, and the model goes back on the global best.
+        saved = dict(swarm)
         saved_rng = self.random.get_state()
-        self._last_gbest = None
         try:
             self._advance(losses, grads)
         except BaseException:
             swarm.clear()
             swarm.update(saved)
             self.random.set_state(saved_rng)
-            if self._last_gbest is None:  # failed before the commit: the swarm is untouched
-                self._write_gbest_into_params()
-            else:
-                for p, g in zip(self._trainable(), self._last_gbest, strict=True):
-                    p.copy_(g)
+            self._write_gbest_into_params()
             raise
-        finally:
-            self._last_gbest = None
         self._write_gbest_into_params()
         swarm["evaluations"] += self.num_particles
         finite = losses[torch.isfinite(losses)]
         return finite.min() if finite.numel() else losses.min()
 
+    def _check_members(self) -> None:
+        """The swarm's parameters are fixed when it is created: refuse to step once one of
+        them was frozen, rather than keep moving a parameter its owner froze."""
+        members = self._members or set()
+        frozen = [
+            (k, j, p)
+            for k, group in enumerate(self.param_groups)
+            for j, p in enumerate(group["params"])
+            if id(p) in members and not p.requires_grad
+        ]
+        if not frozen:
+            return
+        k, j, p = frozen[0]
+        every = " (all of them are)" if len(frozen) == len(members) else ""
+        raise RuntimeError(
+            f"parameter {j} of param group {k} (shape {tuple(p.shape)}) now has "
+            f"requires_grad=False, but it was trainable when the swarm was created; "
+            f"{len(frozen)} swarm parameter(s) are frozen{every}. Every particle holds the "
+            "parameters the swarm started with, so freezing one later is refused instead of "
+            "silently moving it: set requires_grad=True again, or create a new optimizer "
+            "over the parameters to train"
+        )
+
+    def _use_fused(self) -> bool:
+        """Whether the move runs through the fused kernel (one device for all groups)."""
+        device = self._device()
+        return self.fused is True or (
+            self.fused is None and device.type == "cuda" and kernels.is_available()
+        )
+
     def _advance(self, losses: Tensor, grads: list[Tensor] | None) -> None:
-        """Bookkeeping, then the move. Everything that can be computed without touching the
-        per-parameter state is computed first (validity, new best losses, the one host read,
-        adaptation); the in-place commit comes last."""
+        """Bookkeeping, then the move: prepared into new tensors, then committed.
+
+        Everything is first computed without writing to ``self.state``: validity, the new best
+        losses, the one host read, adaptation, the new personal bests (``forget < 1``), the
+        new global best, the moved positions and velocities, re-seeded rows. The commit at
+        the end only assigns references (and, on the fused path, launches the in-place
+        kernels), so a failure before it leaves every state tensor as it was.
+        """
         swarm = self.state[_SWARM]
+        n = self.num_particles
         losses = losses.to(self._device())
         valid = self._valid_particles(losses, grads)
         improved, pbest_losses = self._score(losses, valid)
@@ -431,20 +512,38 @@ class SwarmOptimizer(Optimizer):
                 pbest_losses.argmin().float(),
             ]
         ).tolist()
-        self._adapt(n_improved / self.num_particles, best_now)
-        # commit: from here on the per-parameter state changes in place; keep the last
-        # global best (one model's worth) so a failure can still put the model back on it
-        self._last_gbest = [g.clone() for g in self.gbest()]
-        self._accept_bests(improved)
-        swarm["pbest_losses"].copy_(pbest_losses)
+        self._adapt(n_improved / n, best_now)
+        pbests = self._accept_bests(improved)
+        if math.isfinite(gbest_loss):
+            b = int(gbest_index)
+            gbests = [pb[b].clone() for pb in pbests]  # one model's worth
+        else:  # no particle has a finite best loss: the last global best stays
+            gbests = self.gbest()
+            gbest_index, gbest_loss = swarm["gbest_index"], swarm["gbest_loss"]
+        moved, launches = self._move(gbests, grads, pbests)
+        n_bad = n - int(n_valid)
+        rows = self._reseed(~valid, gbests) if n_bad else []
+        if not launches:  # the moved tensors are new: re-seed them before the commit
+            self._write_rows(moved, rows)
+        self._advance_buffers(improved, valid, pbest_losses)  # small: computed and swapped in
+        # ---- commit: reference assignments only
+        keep = self._keeps_pbest()
+        for p, (x, v), pb, g in zip(self._trainable(), moved, pbests, gbests, strict=True):
+            st = self.state[p]
+            st["position"], st["velocity"], st["gbest"] = x, v, g
+            if keep:
+                st["pbest"] = pb
+            else:
+                st.pop("pbest", None)  # forget was raised to 1: the stored bests are unused
+        swarm["pbest_losses"] = pbest_losses
         swarm["gbest_index"] = int(gbest_index)
         swarm["gbest_loss"] = gbest_loss
-        gbests = self.gbest()
-        self._move(gbests, grads)
-        n_bad = self.num_particles - int(n_valid)
-        if n_bad:
-            self._reseed(~valid, gbests)
-            swarm["nan_reseeds"] += n_bad
+        # the fused kernel updates in place: its launches come last, after every check
+        for launch in launches:
+            launch()
+        if launches:
+            self._write_rows(moved, rows)
+        swarm["nan_reseeds"] += n_bad
         swarm["step"] += 1
 
     def _valid_particles(self, losses: Tensor, grads: list[Tensor] | None) -> Tensor:
@@ -467,44 +566,89 @@ class SwarmOptimizer(Optimizer):
         return valid
 
     def _score(self, losses: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """This step's improved mask and new best losses, into temporaries."""
+        r"""This step's improved mask and new best losses, into temporaries.
+
+        With ``forget < 1`` this is :func:`hgpso.functional.accept_personal_bests_`. With
+        ``forget = 1`` (:math:`\phi = 1`) every finite particle improves and its best loss
+        becomes its loss on this batch; no personal-best position is stored (it would equal
+        the position just scored), so a particle that is not finite has no best on this
+        batch: its best loss becomes :math:`+\infty` (with a stored best it would keep a loss
+        measured on an earlier batch, which could make its old position the global best).
+        If no particle is finite, the global best of the previous step is kept.
+        """
         pbest_losses = self.state[_SWARM]["pbest_losses"].clone()
+        if self._keeps_pbest() and not self._has_pbest():
+            pbest_losses.fill_(math.inf)  # forget lowered below 1: memory starts afresh
         improved = F.accept_personal_bests_([], [], pbest_losses, losses, valid, forget=self.forget)
+        if not self._keeps_pbest():
+            pbest_losses.masked_fill_(~valid, math.inf)
         return improved, pbest_losses
 
-    def _accept_bests(self, improved: Tensor) -> None:
-        """``pbest_i <- x_i`` for every improved particle, in place."""
-        positions, pbests = self._all("position"), self._all("pbest")
-        rows = improved.nonzero().flatten()
-        if rows.numel() == improved.numel():  # every particle improved: plain copies
-            torch._foreach_copy_(pbests, positions)
-        elif rows.numel():
-            for x, p in zip(positions, pbests, strict=True):
-                p.index_copy_(0, rows, x.index_select(0, rows))
+    def _has_pbest(self) -> bool:
+        return all("pbest" in self.state[p] for p in self._trainable())
 
-    def _move(self, gbests: list[Tensor], grads: list[Tensor] | None) -> None:
-        """The velocity and position update, group by group."""
+    def _accept_bests(self, improved: Tensor) -> list[Tensor]:
+        """The personal bests after this step (``pbest_i <- x_i`` for improved particles),
+        as new tensors or as the unchanged stored ones; the state is not touched. With
+        ``forget = 1`` they are the positions themselves (nothing is stored)."""
+        positions = self._all("position")
+        if not self._keeps_pbest():
+            return positions
+        if not self._has_pbest():  # forget lowered below 1: start from the positions
+            olds = [x.clone() for x in positions]
+        else:
+            olds = self._all("pbest")
+        count = int(improved.sum()) if improved.numel() else 0
+        if count == 0:
+            return olds
+        if count == improved.numel():
+            # every particle improved: the scored positions become the bests; they are
+            # replaced (not written) by the move, except on the fused path, which writes
+            # them in place
+            return [x.clone() for x in positions] if self._use_fused() else positions
+        out = []
+        for x, old in zip(positions, olds, strict=True):
+            mask = improved.view((-1,) + (1,) * (x.dim() - 1))
+            out.append(torch.where(mask, x, old))
+        return out
+
+    def _move(
+        self, gbests: list[Tensor], grads: list[Tensor] | None, pbests: list[Tensor]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[Callable[[], None]]]:
+        """The velocity and position update, group by group, into new tensors.
+
+        Returns the new ``(position, velocity)`` of every trainable parameter, and the fused
+        kernel's deferred launches (empty on the reference path).
+        """
         params = self._trainable()
-        g_by_param = dict(zip(map(id, params), gbests, strict=True))
-        grad_by_param = dict(zip(map(id, params), grads, strict=True)) if grads else None
-        for k, group in enumerate(self.param_groups):
+        index = {id(p): k for k, p in enumerate(params)}
+        moved: list[tuple[Tensor, Tensor] | None] = [None] * len(params)
+        launches: list[Callable[[], None]] = []
+        for gi, group in enumerate(self.param_groups):
             trainable = self._group_trainable(group)
             if not trainable:
                 continue
+            ks = [index[id(p)] for p in trainable]
             hp = self.effective_hyperparameters(group)
-            self._update_group(
-                group_index=k,
+            new_x, new_v, launch = self._update_group(
+                group_index=gi,
                 positions=[self.state[p]["position"] for p in trainable],
                 velocities=[self.state[p]["velocity"] for p in trainable],
-                pbests=[self.state[p]["pbest"] for p in trainable],
-                gbests=[g_by_param[id(p)] for p in trainable],
-                grads=None if grad_by_param is None else [grad_by_param[id(p)] for p in trainable],
+                pbests=[pbests[k] for k in ks],
+                gbests=[gbests[k] for k in ks],
+                grads=None if grads is None else [grads[k] for k in ks],
                 lr=hp["lr"] if self.uses_gradients else 0.0,
                 inertia=hp["inertia"],
                 cognitive=hp["cognitive"],
                 social=hp["social"],
                 max_velocity=group["max_velocity"],
             )
+            for k, x, v in zip(ks, new_x, new_v, strict=True):
+                moved[k] = (x, v)
+            if launch is not None:
+                launches.append(launch)
+        assert all(m is not None for m in moved)
+        return [m for m in moved if m is not None], launches
 
     def _update_group(
         self,
@@ -520,32 +664,56 @@ class SwarmOptimizer(Optimizer):
         cognitive: float,
         social: float,
         max_velocity: float | None,
-    ) -> None:
+    ) -> tuple[list[Tensor], list[Tensor], Callable[[], None] | None]:
+        """One group's move: ``(new positions, new velocities, deferred launch or None)``.
+
+        Reference path: :func:`hgpso.functional.hgpso_update` into new tensors (``r1``'s
+        storage becomes the velocities; one more ``(N, *S)`` scratch per parameter becomes
+        the positions), nothing written. Fused path: the kernel updates in place, so every
+        input is made ready (contiguous, right dtype) here and the launch is deferred to the
+        commit; it then writes the state's own tensors (no copy, which is the point of the
+        kernel). Only an error inside the op itself (a CUDA error, after which the CUDA
+        context is unusable anyway) could leave one group moved and another not.
+        """
         swarm = self.state[_SWARM]
-        device = positions[0].device
-        use_fused = self.fused is True or (
-            self.fused is None and device.type == "cuda" and kernels.is_available()
-        )
-        if use_fused:
-            kernels.fused_hgpso_update_(
-                positions,
-                velocities,
-                pbests,
-                gbests,
-                grads,
-                seed=swarm["kernel_seed"],
-                offset=swarm["step"] * len(self.param_groups) + group_index,
-                lr=lr,
-                inertia=inertia,
-                cognitive=cognitive,
-                social=social,
-                max_velocity=max_velocity,
-            )
-            return
+        if self._use_fused():
+            xs = [x.contiguous() for x in positions]
+            vs = [v.contiguous() for v in velocities]
+
+            def ready(ts: list[Tensor]) -> list[Tensor]:
+                return [t.to(x.dtype).contiguous() for t, x in zip(ts, xs, strict=True)]
+
+            ps, gs = ready(pbests), ready(gbests)
+            grs = None if grads is None else ready(grads)
+            for x in xs:
+                if not kernels.supports_device(x.device):
+                    raise RuntimeError(
+                        f"the fused HG-PSO kernel runs on CUDA tensors only, got {x.device}"
+                    )
+            offset = swarm["step"] * len(self.param_groups) + group_index
+            seed = swarm["kernel_seed"]
+
+            def launch() -> None:
+                kernels.fused_hgpso_update_(
+                    xs,
+                    vs,
+                    ps,
+                    gs,
+                    grs,
+                    seed=seed,
+                    offset=offset,
+                    lr=lr,
+                    inertia=inertia,
+                    cognitive=cognitive,
+                    social=social,
+                    max_velocity=max_velocity,
+                )
+
+            return xs, vs, launch
         rng = self.random
         r1 = [rng.uniform(x.shape, x.dtype) for x in positions]
         r2 = [rng.uniform(x.shape, x.dtype) for x in positions]
-        F.hgpso_update_(
+        new_x, new_v = F.hgpso_update(
             positions,
             velocities,
             pbests,
@@ -559,21 +727,167 @@ class SwarmOptimizer(Optimizer):
             social=social,
             max_velocity=max_velocity,
         )
+        return new_x, new_v, None
 
-    def _reseed(self, bad: Tensor, gbests: list[Tensor]) -> None:
-        """Put non-finite particles back near the global best, at rest."""
+    def _reseed(self, bad: Tensor, gbests: list[Tensor]) -> list[tuple[int, Tensor, Tensor]]:
+        """Fresh rows near the global best for the non-finite particles, to be written (at
+        rest) into the moved tensors: ``(parameter index, particle rows, new positions)``."""
         idx = bad.nonzero().flatten()
         rng = self.random
         index = {id(p): i for i, p in enumerate(self._trainable())}
+        rows = []
         # one pass in parameter order, so the random stream is deterministic
         for group in self.param_groups:
             for p in self._group_trainable(group):
-                st = self.state[p]
-                fresh = torch.empty_like(st["position"][idx])
+                k = index[id(p)]
+                x = self.state[p]["position"]
+                fresh = torch.empty((idx.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device)
                 noise = rng.normal(tuple(fresh.shape), fresh.dtype)
-                F.perturb_([fresh], [gbests[index[id(p)]]], group["init_spread"], [noise])
-                st["position"][idx] = fresh
-                st["velocity"][idx] = 0.0
+                F.perturb_([fresh], [gbests[k]], group["init_spread"], [noise])
+                rows.append((k, idx, fresh))
+        return rows
+
+    @staticmethod
+    def _write_rows(
+        moved: list[tuple[Tensor, Tensor]], rows: list[tuple[int, Tensor, Tensor]]
+    ) -> None:
+        for k, idx, fresh in rows:
+            x, v = moved[k]
+            x[idx] = fresh
+            v[idx] = 0.0
+
+    # ------------------------------------------------------- per-particle buffers
+    # State (in ``optimizer.state["swarm"]``, present once the swarm's first step found
+    # which buffers the forward pass updates; see :mod:`hgpso.evaluate.buffers`):
+    # ``buffers``: name -> ``(N, *B)``, each particle's buffers after its last forward pass;
+    # ``gbest_buffers``: name -> ``B``, the global best's (what the model holds);
+    # ``pbest_buffers``: name -> ``(N, *B)``, those of each personal best, only when
+    # ``forget < 1`` (with ``forget = 1`` a personal best is the position just scored, whose
+    # buffers are its row of ``buffers``). All of them are replaced, never written in place.
+    def _reset_buffer_tracking(self, *, from_checkpoint: bool) -> None:
+        """Forget which model buffers are per particle: the next step finds them again
+        (strictly matched to the saved ones after a ``load_state_dict``)."""
+        #: ``(name, module, key)`` of every per-particle buffer; ``None``: not known yet
+        self._buffer_slots: list[tuple[str, torch.nn.Module, str]] | None = None
+        #: running-statistics norm layers whose buffers did not change (``eval()`` mode)
+        self._dormant_norms: list[torch.nn.Module] = []
+        self._buffers_from_checkpoint = from_checkpoint
+        self._inflight: EvaluationRequest | None = None
+
+    def _evaluation_request(self, params: list[Tensor]) -> EvaluationRequest:
+        """This step's request: positions, and the per-particle buffers (or, before they
+        are known, how to bind them)."""
+        swarm = self.state[_SWARM]
+        request = EvaluationRequest(params, self._all("position"), self.uses_gradients)
+        if "_buffer_slots" not in self.__dict__:  # unpickled from an older version
+            self._reset_buffer_tracking(from_checkpoint="buffers" in swarm)
+        slots = self._buffer_slots
+        if slots is not None and any(m.training for m in self._dormant_norms):
+            slots = self._buffer_slots = None  # a norm layer began training: watch again
+        if slots is None:
+            request.bind_buffers = self._bind_buffers
+            request.saved_buffers = dict(swarm.get("buffers") or {})
+        elif slots:
+            request.buffer_targets = list(resolve([(m, k) for _, m, k in slots]))
+            request.buffers = [swarm["buffers"][name] for name, _, _ in slots]
+        self._inflight = request
+        return request
+
+    def _bind_buffers(self, watch: BufferWatch) -> list[Tensor]:
+        """Take the buffers ``watch`` saw change as the per-particle buffers; return their
+        rows. New ones start, for every particle, from the value they held before the pass;
+        saved ones (a checkpoint, or an earlier binding) keep their rows, and after
+        ``load_state_dict`` the two sets must match, shape and dtype included."""
+        swarm = self.state[_SWARM]
+        n = self.num_particles
+        found = watch.found()
+        saved = swarm.get("buffers") or {}
+        names = [f.name for f in found]
+        if self._buffers_from_checkpoint:
+            for name in saved:
+                if name not in names:
+                    raise ValueError(
+                        f"the loaded state keeps per-particle buffer {name!r}, but this "
+                        "model's forward pass does not update a buffer of that name "
+                        f"(it updates {names or 'none'}); load it into the model it was "
+                        "saved from, in the same train/eval mode"
+                    )
+            for name in names:
+                if name not in saved:
+                    raise ValueError(
+                        f"this model's forward pass updates buffer {name!r}, which the loaded "
+                        "state does not keep per particle; load it into the model it was "
+                        "saved from, in the same train/eval mode"
+                    )
+        keep = self._keeps_pbest()
+        rows, gbests, pbests = {}, {}, {}
+        old_g = swarm.get("gbest_buffers") or {}
+        old_p = swarm.get("pbest_buffers") or {}
+        for f in found:
+            target = f.module._buffers[f.key]
+            assert target is not None
+            if f.name in saved:
+                _check_buffer(f"per-particle buffer {f.name!r}", saved[f.name], (n, *target.shape), target.dtype)
+                rows[f.name] = saved[f.name].to(target.device)
+                gbests[f.name] = old_g[f.name].to(target.device)
+                if keep and f.name in old_p:
+                    pbests[f.name] = old_p[f.name].to(target.device)
+            else:
+                before = f.before.to(target.device)
+                rows[f.name] = before.unsqueeze(0).repeat((n,) + (1,) * before.dim())
+                gbests[f.name] = before.clone()  # particle 0, the model as given
+                if keep:
+                    pbests[f.name] = rows[f.name].clone()
+        swarm["buffers"], swarm["gbest_buffers"] = rows, gbests
+        if keep:
+            swarm["pbest_buffers"] = pbests
+        self._buffer_slots = [(f.name, f.module, f.key) for f in found]
+        tracked = {id(f.module) for f in found}
+        self._dormant_norms = [m for m in running_stat_modules(watch.modules) if id(m) not in tracked]
+        self._buffers_from_checkpoint = False
+        return [rows[name] for name in names]
+
+    def _advance_buffers(self, improved: Tensor, valid: Tensor, pbest_losses: Tensor) -> None:
+        r"""The per-particle buffers after this step, swapped into the swarm state.
+
+        Particle :math:`i`'s buffers become those its forward pass left; a personal best
+        keeps the buffers of its position (``forget < 1``); the global best's are those of
+        :math:`\arg\min_i \hat f_i` (unchanged when no particle is finite); a re-seeded
+        particle takes the global best's. Under ``distributed="replicated"`` each rank's
+        floating buffers saw only its shard of the batch: they are averaged over ranks first
+        (one all-reduce of :math:`N` times the buffers), so the replicas stay identical.
+        All on the device, no host read; nothing at all for a model without such buffers.
+        """
+        request, self._inflight = self._inflight, None
+        slots = self._buffer_slots
+        if not slots or request is None or request.new_buffers is None:
+            return
+        swarm = self.state[_SWARM]
+        new = list(request.new_buffers)
+        if self._comm is not None:
+            self._comm.average_([t for t in new if t.is_floating_point()])
+        any_finite = torch.isfinite(pbest_losses).any()
+        best = pbest_losses.argmin().view(1)
+        keep = self._keeps_pbest()
+        old_p = swarm.get("pbest_buffers") or {}
+        rows_out, pbest_out, gbest_out = {}, {}, {}
+        for (name, _, _), rows, before in zip(slots, new, request.buffers, strict=True):
+            shape = (-1,) + (1,) * (rows.dim() - 1)
+            best_rows = rows
+            if keep:
+                mask = improved.to(rows.device).view(shape)
+                best_rows = torch.where(mask, rows, old_p.get(name, before))
+                pbest_out[name] = best_rows
+            gbest = best_rows.index_select(0, best.to(rows.device))[0]
+            gbest = torch.where(any_finite.to(rows.device), gbest, swarm["gbest_buffers"][name])
+            bad = (~valid).to(rows.device).view(shape)
+            rows_out[name] = torch.where(bad, gbest, rows)
+            gbest_out[name] = gbest
+        swarm["buffers"], swarm["gbest_buffers"] = rows_out, gbest_out
+        if keep:
+            swarm["pbest_buffers"] = pbest_out
+        else:
+            swarm.pop("pbest_buffers", None)
 
     def _adapt(self, success: float, best_now: float) -> None:
         r"""Smoothed progress signals: success rate, loss EMA, stall counter, lr scale."""
@@ -609,7 +923,6 @@ class SwarmOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         # optimizers pickled by older versions lack these attributes
-        self.__dict__.setdefault("_last_gbest", None)
         self.__dict__.setdefault("_members", None)
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -631,6 +944,11 @@ class SwarmOptimizer(Optimizer):
             pl = swarm.get("pbest_losses")
             if not isinstance(pl, Tensor) or pl.dim() != 1:
                 raise ValueError("state['swarm']['pbest_losses'] must be a 1-d tensor")
+            if pl.device.type == "meta" or not pl.is_floating_point():
+                raise ValueError(
+                    f"state['swarm']['pbest_losses'] must be a floating tensor with data, got "
+                    f"a {pl.dtype} tensor on {pl.device}"
+                )
             if pl.numel() != n:
                 raise ValueError(
                     f"the state_dict holds a swarm of {pl.numel()} particles but this "
@@ -679,21 +997,51 @@ class SwarmOptimizer(Optimizer):
                     continue
                 if not isinstance(entry, dict):
                     raise ValueError(f"the state_dict has no swarm state for {where}")
-                for key in ("position", "velocity", "pbest"):
-                    t = entry.get(key)
-                    if not isinstance(t, Tensor):
-                        raise ValueError(f"the state_dict lacks {key!r} for {where}")
-                    if tuple(t.shape) != (n, *p.shape):
-                        raise ValueError(
-                            f"{key!r} of {where} has shape {tuple(t.shape)}, expected "
-                            f"{(n, *p.shape)}"
-                        )
-                    if not t.is_floating_point() and not t.is_complex():
-                        raise ValueError(f"{key!r} of {where} has dtype {t.dtype}, not floating")
-                    if t.dtype != p.dtype:
-                        raise ValueError(
-                            f"{key!r} of {where} has dtype {t.dtype}, the parameter {p.dtype}"
-                        )
+                if "gbest" not in entry and "pbest" not in entry:
+                    raise ValueError(
+                        f"the state_dict lacks 'gbest' for {where} (and has no 'pbest' to "
+                        "take it from)"
+                    )
+                # pbest: only saved with forget < 1; gbest: absent in older checkpoints
+                for key, shape in (
+                    ("position", (n, *p.shape)),
+                    ("velocity", (n, *p.shape)),
+                    ("pbest", (n, *p.shape)),
+                    ("gbest", tuple(p.shape)),
+                ):
+                    if key not in entry and key in ("pbest", "gbest"):
+                        continue
+                    self._validate_state_tensor(entry.get(key), key, where, shape, p)
+
+    @staticmethod
+    def _validate_state_tensor(
+        t: Any, key: str, where: str, shape: tuple[int, ...], p: Tensor
+    ) -> None:
+        if not isinstance(t, Tensor):
+            raise ValueError(f"the state_dict lacks {key!r} for {where}")
+        if t.device.type == "meta" or t.layout != torch.strided:
+            raise ValueError(
+                f"{key!r} of {where} holds no usable data (device {t.device.type}, layout "
+                f"{t.layout}; a checkpoint saved from a model on the meta device?): swarm "
+                "state must be dense tensors with values"
+            )
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{key!r} of {where} has shape {tuple(t.shape)}, expected {shape}")
+        if not t.is_floating_point() and not t.is_complex():
+            raise ValueError(f"{key!r} of {where} has dtype {t.dtype}, not floating")
+        if t.dtype != p.dtype:
+            raise ValueError(f"{key!r} of {where} has dtype {t.dtype}, the parameter {p.dtype}")
+
+    def _settle_layout(self) -> None:
+        """After loading: ``gbest`` for checkpoints that lack it (the personal best of
+        particle ``gbest_index``), and no stored personal bests when ``forget = 1``."""
+        i = self.state[_SWARM]["gbest_index"]
+        for p in self._trainable():
+            st = self.state[p]
+            if "gbest" not in st:
+                st["gbest"] = st["pbest"][i].clone()
+            if not self._keeps_pbest():
+                st.pop("pbest", None)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._validate_state_dict(state_dict)
@@ -728,3 +1076,4 @@ class SwarmOptimizer(Optimizer):
         self.state[_SWARM] = swarm
         if swarm.get("rng_state") is not None:
             self.random.set_state(swarm["rng_state"])
+        self._settle_layout()
