@@ -46,7 +46,8 @@ def _assert_same_swarm(a, b, model_a, model_b, atol=1e-5):
         if not pa.requires_grad:
             assert pa not in a.state and pb not in b.state
             continue
-        for key in ("position", "velocity", "pbest"):
+        assert a.state[pa].keys() == b.state[pb].keys()
+        for key in a.state[pa]:
             torch.testing.assert_close(a.state[pa][key], b.state[pb][key], atol=atol, rtol=1e-4)
         torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4)
     torch.testing.assert_close(
@@ -101,17 +102,18 @@ def test_dropout_is_independent_per_particle_under_vmap():
     assert len(set(losses.tolist())) == 4
 
 
-def test_batchnorm_in_training_mode_gets_a_clear_error():
+def test_batchnorm_without_running_stats_keeps_nothing_per_particle():
+    """torch.func.replace_all_batch_norm_modules_ stays an option (batch statistics only):
+    the swarm then has no buffer to keep per particle, and both paths agree."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    opt = HGPSO(model.parameters(), num_particles=2)
-    weights = [p.detach().clone() for p in model.parameters()]
-    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    with pytest.raises(ValueError, match="replace_all_batch_norm_modules_"):
-        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
-    for p, w in zip(model.parameters(), weights, strict=True):
-        assert torch.equal(p, w)
     torch.func.replace_all_batch_norm_modules_(model)
-    opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy="vmap"))
+    model2 = copy.deepcopy(model)
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    a = _closure_run(model, x, y, 2, num_particles=3, seed=4)
+    b = _vector_run(model2, x, y, 2, "vmap", num_particles=3, seed=4)
+    _assert_same_swarm(a, b, model, model2)
+    assert a.state["swarm"]["buffers"] == {} and b.state["swarm"]["buffers"] == {}
 
 
 def test_parameter_not_in_model_is_a_clear_error():

@@ -77,8 +77,13 @@ def test_initial_swarm_layout(tiny_problem):
         spread = (st["position"][1:] - p0).std().item()
         assert 0.1 < spread < 0.3
         assert torch.equal(st["velocity"], torch.zeros_like(st["position"]))
-        assert torch.equal(st["pbest"], st["position"])
+        assert torch.equal(st["gbest"], p0)  # the global best starts as the model
+        assert "pbest" not in st  # forget=1: a personal best is the scored position
     assert opt.state["swarm"]["pbest_losses"].shape == (5,)
+    kept = HGPSO(model.parameters(), num_particles=5, forget=0.5, seed=0)
+    kept.swarm  # noqa: B018  (creates it)
+    for p in model.parameters():
+        assert torch.equal(kept.state[p]["pbest"], kept.state[p]["position"])
 
 
 # --------------------------------------------------------------------------- behaviour
