@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from hgpso.evaluate.closure import as_scalar_loss, sparse_gradient_message
+from hgpso.evaluate.buffers import probe_mutated_buffers
+from hgpso.evaluate.closure import as_scalar_loss, score_each_particle, sparse_gradient_message
 from hgpso.evaluate.request import EvaluationRequest, active_request
 
 __all__ = ["VectorizedClosure", "vectorized_closure"]
 
 Strategy = Literal["auto", "vmap", "loop"]
-_NORM_WITH_STATS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-def _check_no_running_stats(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, _NORM_WITH_STATS) and module.training and module.track_running_stats:
-            raise ValueError(
-                f"module {name or type(module).__name__!r} ({type(module).__name__}) updates "
-                "running statistics in training mode, which particles evaluated in one vectorized "
-                "call cannot keep apart. Either call "
-                "torch.func.replace_all_batch_norm_modules_(model) once (normalise with batch "
-                "statistics only), use GroupNorm/LayerNorm, or use a plain closure with "
-                "optimizer.step(closure)."
-            )
 
 
 class VectorizedClosure:
@@ -95,8 +82,15 @@ class VectorizedClosure:
         return "vmap" if device.type == "cuda" else "loop"
 
     def evaluate(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
+        """Score every particle of ``request``; fill ``request.new_buffers`` too."""
+        request.vectorizing = True
+        try:
+            return self._evaluate(request)
+        finally:
+            request.vectorizing = False
+
+    def _evaluate(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
         model = self.model
-        _check_no_running_stats(model)
         names_by_id = {id(p): n for n, p in model.named_parameters()}
         names = []
         for p in request.params:
@@ -115,13 +109,29 @@ class VectorizedClosure:
             if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
                 if any(module.weight is p for p in request.params):
                     raise RuntimeError(sparse_gradient_message(module.weight))
+        if request.bind_buffers is not None:
+            # vmap hides in-place updates from a watch: one forked, undone forward finds them
+            request.bind(probe_mutated_buffers(model, lambda: model(*self.inputs)))
+        buffer_names_by_id = {id(b): n for n, b in model.named_buffers()}
+        buffer_names = []
+        for b in request.buffer_targets:
+            if id(b) not in buffer_names_by_id:
+                raise ValueError(
+                    f"the swarm keeps a per-particle buffer (shape {tuple(b.shape)}) that is "
+                    "not a buffer of the model given to vectorized_closure; pass the model "
+                    "the optimizer was trained with"
+                )
+            buffer_names.append(buffer_names_by_id[id(b)])
+        per_particle = set(buffer_names)
         shared = {n: p.detach() for n, p in model.named_parameters() if n not in owned}
-        shared.update(dict(model.named_buffers()))
+        shared.update((n, b) for n, b in model.named_buffers() if n not in per_particle)
         loss_fn, inputs, targets = self.loss_fn, self.inputs, self.targets
 
-        def loss_of(particle: tuple[Tensor, ...]) -> Tensor:
+        def loss_of(particle: tuple[Tensor, ...], buffers: tuple[Tensor, ...] = ()) -> Tensor:
             weights = dict(zip(names, particle, strict=True))
             weights.update(shared)
+            # each particle's own buffers (a slice of the stacked rows: updated in place)
+            weights.update(zip(buffer_names, buffers, strict=True))
             out = functional_call(model, weights, inputs, strict=False)
             loss = loss_fn(out, targets)
             if loss.dim() != 0 and loss.numel() != 1:
@@ -131,38 +141,34 @@ class VectorizedClosure:
             return loss.reshape(())
 
         fn = grad_and_value(loss_of) if request.need_grads else loss_of
-        out: Any = vmap(fn, randomness="different", chunk_size=self.chunk_size)(
-            tuple(request.positions)
-        )
+        mapped = vmap(fn, randomness="different", chunk_size=self.chunk_size)
+        if buffer_names:
+            new_buffers = [rows.clone() for rows in request.buffers]
+            out: Any = mapped(tuple(request.positions), tuple(new_buffers))
+            request.new_buffers = new_buffers
+        else:  # nothing kept per particle: the call of a model without mutable buffers
+            out = mapped(tuple(request.positions))
         if request.need_grads:
             grads, losses = out
             return losses.detach().float(), [g.detach() for g in grads]
         return out.detach().float(), None
 
     def _autograd_loop(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
-        """Load each particle into the model's parameters and run ordinary autograd."""
-        params, positions = request.params, request.positions
-        n = positions[0].shape[0]
-        losses = torch.empty(n, dtype=torch.float32, device=positions[0].device)
-        grads = [torch.empty_like(x) for x in positions] if request.need_grads else None
-        for i in range(n):
-            with torch.no_grad():
-                for p, x in zip(params, positions, strict=True):
-                    p.copy_(x[i])
-            with torch.set_grad_enabled(request.need_grads):
+        """Load each particle into the model and run ordinary autograd (the loop the
+        closure path runs too: :func:`~hgpso.evaluate.closure.score_each_particle`)."""
+        params, need_grads = request.params, request.need_grads
+
+        def one() -> tuple[object, Sequence[Tensor | None] | None]:
+            with torch.set_grad_enabled(need_grads):
                 loss = self.loss_fn(self.model(*self.inputs), self.targets)
-                losses[i] = as_scalar_loss(loss, where="loss_fn")
-                if grads is None:
-                    continue
-                per_param = torch.autograd.grad(loss, params, allow_unused=True)
-            for g, gi in zip(grads, per_param, strict=True):
-                if gi is None:  # a parameter the loss does not depend on
-                    g[i].zero_()
-                elif gi.is_sparse:
-                    raise RuntimeError(sparse_gradient_message(gi))
-                else:
-                    g[i].copy_(gi)
-        return losses, grads
+                as_scalar_loss(loss, where="loss_fn")  # a clear error before autograd's
+                if not need_grads:
+                    return loss, None
+                return loss, torch.autograd.grad(loss, params, allow_unused=True)
+
+        out = score_each_particle(request, one, where="loss_fn")
+        assert out is not None
+        return out
 
 
 def vectorized_closure(

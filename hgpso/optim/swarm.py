@@ -827,7 +827,8 @@ class SwarmOptimizer(Optimizer):
             target = f.module._buffers[f.key]
             assert target is not None
             if f.name in saved:
-                _check_buffer(f"per-particle buffer {f.name!r}", saved[f.name], (n, *target.shape), target.dtype)
+                what = f"per-particle buffer {f.name!r}"
+                _check_buffer(what, saved[f.name], (n, *target.shape), target.dtype)
                 rows[f.name] = saved[f.name].to(target.device)
                 gbests[f.name] = old_g[f.name].to(target.device)
                 if keep and f.name in old_p:
@@ -843,7 +844,8 @@ class SwarmOptimizer(Optimizer):
             swarm["pbest_buffers"] = pbests
         self._buffer_slots = [(f.name, f.module, f.key) for f in found]
         tracked = {id(f.module) for f in found}
-        self._dormant_norms = [m for m in running_stat_modules(watch.modules) if id(m) not in tracked]
+        norms = running_stat_modules(watch.modules)
+        self._dormant_norms = [m for m in norms if id(m) not in tracked]
         self._buffers_from_checkpoint = False
         return [rows[name] for name in names]
 
@@ -924,6 +926,9 @@ class SwarmOptimizer(Optimizer):
         super().__setstate__(state)
         # optimizers pickled by older versions lack these attributes
         self.__dict__.setdefault("_members", None)
+        if "_buffer_slots" not in self.__dict__:
+            swarm = self.state.get(_SWARM) or {}
+            self._reset_buffer_tracking(from_checkpoint="buffers" in swarm)
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Check every entry against this optimizer before anything is loaded."""
@@ -983,6 +988,7 @@ class SwarmOptimizer(Optimizer):
             ema = swarm.get("loss_ema")
             if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float))):
                 raise ValueError("state['swarm']['loss_ema'] must be a number or None")
+            self._validate_buffer_state(swarm)
         for k, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
             ids = saved.get("params", [])
             if len(ids) != len(group["params"]):
@@ -1043,6 +1049,65 @@ class SwarmOptimizer(Optimizer):
             if not self._keeps_pbest():
                 st.pop("pbest", None)
 
+    def _validate_buffer_state(self, swarm: dict[str, Any]) -> None:
+        """The per-particle buffers of a state_dict: consistent with each other and with
+        ``num_particles`` and, when this optimizer already knows its model's per-particle
+        buffers, with those (names, shapes, dtypes). Otherwise they are matched to the
+        model's on the next step, before anything changes."""
+        n = self.num_particles
+        keys = [k for k in ("buffers", "gbest_buffers", "pbest_buffers") if k in swarm]
+        if not keys:
+            return  # no buffers found yet, or a checkpoint from before they were kept
+        if "buffers" not in swarm or "gbest_buffers" not in swarm:
+            raise ValueError(
+                "state['swarm'] must hold both 'buffers' and 'gbest_buffers' (the "
+                "per-particle buffers), or neither"
+            )
+        for key in keys:
+            d = swarm[key]
+            if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+                raise ValueError(f"state['swarm'][{key!r}] must map buffer names to tensors")
+        rows = swarm["buffers"]
+        for key in ("gbest_buffers", "pbest_buffers"):
+            if key in swarm and set(swarm[key]) != set(rows):
+                raise ValueError(
+                    f"state['swarm'][{key!r}] names the buffers {sorted(swarm[key])}, but "
+                    f"state['swarm']['buffers'] names {sorted(rows)}"
+                )
+        for name, t in rows.items():
+            what = f"per-particle buffer {name!r}"
+            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(
+                    f"{what} must be a tensor with one row per particle (num_particles={n}), "
+                    f"got {got}"
+                )
+            shape = tuple(t.shape[1:])
+            gbest = swarm["gbest_buffers"][name]
+            _check_buffer(f"the global best's {what}", gbest, shape, t.dtype)
+            if "pbest_buffers" in swarm:
+                pbest = swarm["pbest_buffers"][name]
+                _check_buffer(f"the personal bests' {what}", pbest, (n, *shape), t.dtype)
+        slots = self.__dict__.get("_buffer_slots")
+        if slots is None:
+            return
+        targets = resolve([(m, k) for _, m, k in slots])
+        live = dict(zip([name for name, _, _ in slots], targets, strict=True))
+        for name in rows:
+            if name not in live:
+                raise ValueError(
+                    f"the state_dict keeps per-particle buffer {name!r}, but this model's "
+                    f"forward pass does not update a buffer of that name (it updates "
+                    f"{sorted(live) or 'none'})"
+                )
+        for name, b in live.items():
+            if name not in rows:
+                raise ValueError(
+                    f"this model's forward pass updates buffer {name!r}, which the "
+                    "state_dict does not keep per particle"
+                )
+            _check_buffer(f"per-particle buffer {name!r}", rows[name], (n, *b.shape), b.dtype)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._validate_state_dict(state_dict)
         options = state_dict.get(_OPTIONS)  # absent in checkpoints from older versions
@@ -1074,6 +1139,7 @@ class SwarmOptimizer(Optimizer):
         for key, default in _SWARM_DEFAULTS.items():  # checkpoints from older versions
             swarm.setdefault(key, default)
         self.state[_SWARM] = swarm
+        self._reset_buffer_tracking(from_checkpoint="buffers" in swarm)
         if swarm.get("rng_state") is not None:
             self.random.set_state(swarm["rng_state"])
         self._settle_layout()
