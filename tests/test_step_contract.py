@@ -1,6 +1,6 @@
 """The step contract with what users bring: clipping, torch.compile'd modules, schedulers.
 
-Backs two rows of the table in docs/guides/step-contract.md.
+Backs entries of the "what works with what" table in docs/guides/step-contract.md.
 """
 
 import copy
