@@ -287,7 +287,11 @@ class LLMClient:
             text, remembering what the server accepted), ``"json_schema"``,
             ``"json_object"`` or ``"none"``.
         seed: forwarded to the server (llama.cpp and OpenAI honour it) for repeatability.
-        client: an existing ``openai.OpenAI`` instance (tests).
+        backoff: base of the wait before a retry, in seconds: ``backoff * 2**attempt`` after
+            a 429 without ``Retry-After``, a tenth of that (at most 1 s) after a 5xx. A wait
+            that would end past the deadline is not started.
+        client: an existing ``openai.OpenAI`` instance, or any object with the same
+            ``chat.completions.create`` method (tests, offline examples).
     """
 
     _FORMATS = ("json_schema", "json_object", "none")

@@ -1,7 +1,8 @@
 """A hostile OpenAI-compatible server (fake, on loopback): nothing it sends escapes ``ask()``.
 
 Each case of issue 13 ("LLM client and strategies") has a test here: deeply nested and
-huge answers, numbers too large for a float, a server trickling one byte at a time,
+huge answers, numbers too large for a float, a server trickling one byte at a time, one
+deadline for a whole call (retries, back-off and Retry-After waits included),
 Retry-After, truthful attempt counts, secrets echoed back, and an unrelated 400.
 """
 
