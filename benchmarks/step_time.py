@@ -10,11 +10,25 @@ of 128, and the script prints ratios rather than trusting absolute times:
 * ``vec/closure``: vectorized path against the plain closure path (on CUDA the target is a
   >= 5x speed-up at N = 16, and the vectorized step <= 3x one Adam step).
 
+Memory, measured after the timings (separate models and optimizers, nothing shared), in MiB
+and as ratios to Adam:
+
+* ``state``: bytes of the optimizer's state tensors (Adam: ``exp_avg``, ``exp_avg_sq``; HGPSO
+  with the default ``forget=1``: positions, velocities and one global best, ``(2N+1) P``
+  numbers; ``forget=0.5`` adds the personal bests, ``(3N+1) P``, the layout every ``forget``
+  had before).
+* ``peak``: the most memory one step holds: on CUDA ``torch.cuda.max_memory_allocated``
+  during the step; on the CPU the live parameters, gradients and state at the start of the
+  step plus the highest level the allocator reaches above that during the step (counted
+  from the profiler's allocation events), since RSS does not go down between cases. The
+  process's peak RSS, all cases together, is printed at the end.
+
 Usage::
 
     python -m benchmarks.step_time                       # CPU (and CUDA when present)
     python -m benchmarks.step_time --device cuda --particles 1 4 16 64 --repeats 20
     python -m benchmarks.step_time --json step_time.json
+    python -m benchmarks.step_time --memory-only --particles 4 16 64
 """
 
 from __future__ import annotations
@@ -22,9 +36,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +92,86 @@ def _make_cases(device: torch.device, n: int, batch: int, strategies: list[str])
     return cases
 
 
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) optimizer state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _cpu_step_peak(fn: Callable[[], None]) -> int:
+    """Highest allocator level above the start of ``fn``, from the profiler's memory events
+    (a warm-up call inside the profile first, so the blocks ``fn`` frees are known to it)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+        with record_function("measured_step"):
+            fn()
+    events = list(prof.profiler.kineto_results.events())
+    mark = next(e for e in events if e.name() == "measured_step")
+    level = base = peak = 0
+    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+        if e.start_ns() > mark.end_ns():
+            break
+        level += e.nbytes()
+        if e.start_ns() < mark.start_ns():
+            base = peak = level
+        else:
+            peak = max(peak, level)
+    return peak - base
+
+
+def _memory_cases(device: torch.device, n: int, batch: int):
+    """name -> (step, optimizer, model), each with its own model and optimizer."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    cases: dict[str, tuple[Callable[[], None], Any, torch.nn.Module]] = {}
+    model = FashionCNN().to(device)
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cases["adam"] = (lambda m=model, o=adam: _closure_step(m, o, x, y), adam, model)
+    for name, forget in (("closure", 1.0), ("closure_forget_half", 0.5)):
+        model = FashionCNN().to(device)
+        opt = hgpso.HGPSO(model.parameters(), num_particles=n, seed=0, forget=forget)
+        cases[name] = (lambda m=model, o=opt: _closure_step(m, o, x, y), opt, model)
+    model = FashionCNN().to(device)
+    opt = hgpso.HGPSO(model.parameters(), num_particles=n, seed=0)
+
+    def vmap_step(m=model, o=opt):
+        o.step(hgpso.vectorized_closure(m, F.cross_entropy, x, y, strategy="vmap"))
+
+    cases["vmap"] = (vmap_step, opt, model)
+    return cases
+
+
+def measure_memory(device: torch.device, n: int, batch: int) -> dict[str, dict[str, float]]:
+    """State bytes and peak bytes of one step, per case (one case alive at a time)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (fn, opt, model) in _memory_cases(device, n, batch).items():
+        fn()
+        fn()  # state allocated, allocator warm
+        state = _tensor_bytes(opt.state)
+        if device.type == "cuda":
+            _sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            _sync(device)
+            peak = torch.cuda.max_memory_allocated(device)
+        else:
+            resident = state + sum(
+                _tensor_bytes(p) + _tensor_bytes(p.grad) for p in model.parameters()
+            )
+            peak = resident + _cpu_step_peak(fn)
+        params = sum(_tensor_bytes(p) for p in model.parameters())
+        out[name] = {"state_bytes": state, "peak_bytes": peak, "param_bytes": params}
+    return out
+
+
 def measure(device: torch.device, n: int, batch: int, repeats: int, strategies: list[str]):
     cases = _make_cases(device, n, batch, strategies)
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -100,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory figures")
+    ap.add_argument("--memory-only", action="store_true", help="skip the timings")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,18 +210,20 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "rows": [],
+        "memory_rows": [],
     }
     header = (
         f"{'device':6} {'N':>4} {'adam ms':>9} {'closure ms':>11} {'vec:loop ms':>12} "
         f"{'vec:vmap ms':>12} {'closure/(N*adam)':>17} {'loop/(N*adam)':>14} "
         f"{'vmap/(N*adam)':>14} {'vmap/adam':>10} {'closure/vmap':>13} {'auto':>5}"
     )
-    print(header)
+    if not args.memory_only:
+        print(header)
     for dev in devices:
         device = torch.device(dev)
         if device.type == "cuda":
             results["gpu"] = torch.cuda.get_device_name(device)
-        for n in args.particles:
+        for n in [] if args.memory_only else args.particles:
             t = measure(device, n, args.batch_size, args.repeats, ["loop", "vmap"])
             adam = t["adam"]
             probe = hgpso.vectorized_closure(
@@ -154,10 +255,55 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{row['closure_over_vmap']:>13.2f} {auto:>5}",
                 flush=True,
             )
+    if not args.no_memory:
+        _memory_table(devices, args.particles, args.batch_size, results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return results
+
+
+def _memory_table(devices: list[str], particles: list[int], batch: int, results: dict) -> None:
+    mib = 2.0**20
+    print(
+        f"\n{'device':6} {'N':>4} {'model MiB':>10} {'adam state':>11} {'hgpso state':>12} "
+        f"{'f=0.5 state':>12} {'state/adam':>11} {'f=1/f=0.5':>10} {'adam peak':>10} "
+        f"{'closure pk':>11} {'f=0.5 pk':>9} {'vmap pk':>9} {'closure/adam':>13} "
+        f"{'vmap/adam':>10}"
+    )
+    for dev in devices:
+        for n in particles:
+            m = measure_memory(torch.device(dev), n, batch)
+            adam, cl, old, vm = m["adam"], m["closure"], m["closure_forget_half"], m["vmap"]
+            row = {
+                "device": dev,
+                "particles": n,
+                "param_bytes": adam["param_bytes"],
+                **{
+                    f"{k}_{key}": v[key]
+                    for k, v in m.items()
+                    for key in ("state_bytes", "peak_bytes")
+                },
+                "state_over_adam": cl["state_bytes"] / adam["state_bytes"],
+                "state_over_forget_half": cl["state_bytes"] / old["state_bytes"],
+                "closure_peak_over_adam": cl["peak_bytes"] / adam["peak_bytes"],
+                "vmap_peak_over_adam": vm["peak_bytes"] / adam["peak_bytes"],
+            }
+            results["memory_rows"].append(row)
+            print(
+                f"{dev:6} {n:>4} {adam['param_bytes'] / mib:>10.2f} "
+                f"{adam['state_bytes'] / mib:>11.2f} {cl['state_bytes'] / mib:>12.2f} "
+                f"{old['state_bytes'] / mib:>12.2f} {row['state_over_adam']:>11.2f} "
+                f"{row['state_over_forget_half']:>10.3f} {adam['peak_bytes'] / mib:>10.2f} "
+                f"{cl['peak_bytes'] / mib:>11.2f} {old['peak_bytes'] / mib:>9.2f} "
+                f"{vm['peak_bytes'] / mib:>9.2f} {row['closure_peak_over_adam']:>13.2f} "
+                f"{row['vmap_peak_over_adam']:>10.2f}",
+                flush=True,
+            )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss / mib if sys.platform == "darwin" else rss / 1024.0  # bytes on macOS, KiB else
+    results["peak_rss_mib"] = rss_mib
+    print(f"process peak RSS (all cases together): {rss_mib:.1f} MiB")
 
 
 if __name__ == "__main__":
