@@ -118,14 +118,14 @@ class BufferWatch:
         self._seen.add(id(module))
         self.modules.append(module)
         with torch.no_grad():
-            for key, b in module._buffers.items():
-                if b is None or id(b) in self._before:
+            for key, buf in module._buffers.items():
+                if buf is None or id(buf) in self._before:
                     continue
-                name = self._names.get(id(b))
-                if name is not None and name in self.preload:
-                    self.originals.append((b, b.detach().clone()))
-                    b.copy_(self.preload[name])
-                self._before[id(b)] = (module, key, b.detach().clone(), b._version)
+                known = self._names.get(id(buf))
+                if known is not None and known in self.preload:
+                    self.originals.append((buf, buf.detach().clone()))
+                    buf.copy_(self.preload[known])
+                self._before[id(buf)] = (module, key, buf.detach().clone(), buf._version)
 
     def _post(self, module: nn.Module, args: object, output: object) -> None:
         if not self.paused():

@@ -47,6 +47,7 @@ from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
+from hgpso.evaluate.request import active_request
 from hgpso.evaluate.buffers import BufferWatch, resolve, running_stat_modules
 from hgpso.optim.random import SwarmRandom
 
@@ -112,6 +113,68 @@ def _check_buffer(what: str, t: object, shape: tuple[int, ...], dtype: torch.dty
     if t.dtype != dtype:
         raise ValueError(f"{what} has dtype {t.dtype}, expected {dtype}")
 
+#: names of one group value: torch's schedulers cycle ``momentum``, the swarm calls it ``inertia``
+_ALIASES = ("inertia", "momentum")
+
+
+class _ParamGroup(dict):  # type: ignore[type-arg]
+    """A param group in which ``momentum`` is another name for ``inertia``.
+
+    :class:`~torch.optim.lr_scheduler.OneCycleLR` and
+    :class:`~torch.optim.lr_scheduler.CyclicLR` (``cycle_momentum=True``) cycle
+    ``group["momentum"]``; writing either name sets both, so the inertia the next step uses
+    is the value last written under either name (a scheduler's, a user's or a callback's).
+    """
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__()
+        self.update(items)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in _ALIASES:
+            for name in _ALIASES:
+                super().__setitem__(name, value)
+        else:
+            super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ParamGroup, (dict(self),))
+
+
+def _merge_aliases(group: dict[str, Any], where: str) -> dict[str, Any]:
+    """``group`` with ``inertia`` and ``momentum`` both set when either is (a copy); giving
+    both with different values is an error."""
+    given = {name: group[name] for name in _ALIASES if name in group}
+    a, b = given.get("inertia"), given.get("momentum")
+    if len(given) == 2 and a is not b and a != b:
+        raise ValueError(
+            f"{where} sets inertia={given['inertia']!r} and momentum={given['momentum']!r}: "
+            "momentum is another name for the swarm's inertia (so that torch's schedulers "
+            "can cycle it), give one of them"
+        )
+    if not given:
+        return dict(group)
+    value = next(iter(given.values()))
+    return {**group, **{name: value for name in _ALIASES}}
+
+
+def _mark_grads(params: list[Tensor]) -> None:
+    """Record that the ``p.grad`` tensors as they are now were left by a step (their
+    version: an in-place ``backward()`` accumulation into one changes it)."""
+    for p in params:
+        if p.grad is not None:
+            p.grad._hgpso_version = p.grad._version  # type: ignore[attr-defined]
+
+
 class SwarmOptimizer(Optimizer):
     """Common machinery of the particle-swarm optimizers (not used directly)."""
 
@@ -160,6 +223,7 @@ class SwarmOptimizer(Optimizer):
         if fused not in (None, True, False):
             raise ValueError(f"fused must be None, True or False, got {fused!r}")
         mode = distributed_.check_mode(distributed)
+        defaults = _merge_aliases(defaults, "the defaults")
         for key, value in defaults.items():
             self._validate_value(key, value)
         self._members: set[int] | None = None
@@ -211,10 +275,19 @@ class SwarmOptimizer(Optimizer):
     def _validate_value(self, key: str, value: Any) -> None:
         if key == "max_velocity":
             _check_number(key, value, low=0.0, low_open=True, allow_none=True)
-        elif key in ("lr", "inertia", "cognitive", "social", "init_spread"):
+        elif key in ("lr", "inertia", "momentum", "cognitive", "social", "init_spread"):
             _check_number(key, value)
 
+    def _validate_groups(self, groups: list[dict[str, Any]], where: str) -> None:
+        """Every known hyperparameter of ``groups`` valid, ``inertia``/``momentum`` agreeing."""
+        for k, group in enumerate(groups):
+            _merge_aliases(group, f"{where} {k}")
+            for key, value in group.items():
+                if key != "params":
+                    self._validate_value(key, value)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group = _merge_aliases(param_group, f"param group {len(self.param_groups)}")
         for key, value in param_group.items():
             if key != "params":
                 self._validate_value(key, value)
@@ -236,6 +309,7 @@ class SwarmOptimizer(Optimizer):
                 )
             seen.add(id(p))
         super().add_param_group(param_group)
+        self.param_groups[-1] = _ParamGroup(self.param_groups[-1])
 
     # ------------------------------------------------------------------ helpers
     def _trainable(self) -> list[Tensor]:
@@ -404,8 +478,10 @@ class SwarmOptimizer(Optimizer):
         Returns:
             The lowest loss any particle reached on this step's batch.
 
-        After the step the model's parameters hold the swarm's global best.
+        After the step the model's parameters hold the swarm's global best, and ``p.grad``
+        its gradient on this batch (see :meth:`_leave_gbest_grad`).
         """
+        closure = self._enter_step(closure)
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure: a swarm scores N candidate "
@@ -455,8 +531,101 @@ class SwarmOptimizer(Optimizer):
             raise
         self._write_gbest_into_params()
         swarm["evaluations"] += self.num_particles
+        self._leave_gbest_grad(losses, grads)
         finite = losses[torch.isfinite(losses)]
         return finite.min() if finite.numel() else losses.min()
+
+    # ------------------------------------------ step entry and exit (AMP, accumulation, grads)
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """True outside a step, so that ``torch.amp.GradScaler.step`` hands its scale to
+        :meth:`step` (which refuses it, see :meth:`_refuse_grad_scaler`) instead of
+        unscaling and stepping silently; False while particles are scored, so that
+        Lightning's precision plugins keep clipping each particle's gradients."""
+        return active_request() is None
+
+    def _enter_step(self, closure: Callable[[], Any] | None) -> Callable[[], Any] | None:
+        """Checks made before anything moves; returns the closure to score particles with.
+
+        Refuses fp16 gradient scaling and gradients accumulated outside the step, checks
+        the groups' hyperparameters (a scheduler or callback may have written them), and
+        wraps the closure so that the gradients it leaves are known as the step's own.
+        """
+        self._refuse_grad_scaler()
+        self._validate_groups(self.param_groups, "param group")
+        params = self._trainable()
+        self._refuse_accumulated_grads(params)
+        if closure is None:
+            return None
+
+        def scored() -> Any:
+            try:
+                return closure()
+            finally:
+                _mark_grads(params)
+
+        return scored
+
+    def _refuse_grad_scaler(self) -> None:
+        """``torch.amp.GradScaler.step`` (plain PyTorch, or Lightning's ``16-mixed``)
+        sets ``grad_scale`` and ``found_inf`` on the optimizer before calling :meth:`step`
+        (see :attr:`_step_supports_amp_scaling`): refuse, naming bfloat16."""
+        if getattr(self, "grad_scale", None) is None and getattr(self, "found_inf", None) is None:
+            return
+        # the scaler deletes them only after a step that returns: leave no trace
+        self.__dict__.pop("grad_scale", None)
+        self.__dict__.pop("found_inf", None)
+        raise RuntimeError(
+            f"{type(self).__name__} does not support fp16 gradient scaling "
+            "(torch.amp.GradScaler, Lightning precision='16-mixed'): every particle is scored "
+            "by its own closure call, which GradScaler.step cannot drive (Lightning's 16-mixed "
+            "even calls step() without a closure), and an overflow cannot be reported back "
+            "to the scaler. Use bfloat16 mixed precision, which needs no scaler: "
+            "torch.autocast(device_type, dtype=torch.bfloat16) inside the closure, or "
+            "Lightning precision='bf16-mixed'. Nothing was changed."
+        )
+
+    def _refuse_accumulated_grads(self, params: list[Tensor]) -> None:
+        """Refuse gradients that a ``backward()`` outside the step put in ``p.grad`` (a
+        gradient-accumulation loop, Lightning's ``accumulate_grad_batches > 1``): the step
+        scores each particle with its own closure call and would silently drop them."""
+        for j, p in enumerate(params):
+            g = p.grad
+            if g is None or getattr(g, "_hgpso_version", None) == g._version:
+                continue  # none, or left by a step and untouched since
+            if not g.is_sparse and not bool(g.any()):
+                continue  # zero_grad(set_to_none=False)
+            raise ValueError(
+                f"trainable parameter {j} (shape {tuple(p.shape)}) holds a gradient that a "
+                f"backward() outside {type(self).__name__}.step() accumulated. A swarm scores "
+                "each particle with its own closure call on its own weights, so gradients "
+                "accumulated before the step belong to no particle and would be dropped: "
+                "gradient accumulation (a loop of backward() calls before step, Lightning's "
+                "accumulate_grad_batches > 1) is not supported that way. Accumulate inside "
+                "the closure instead: zero_grad(), then for each micro-batch "
+                "(loss_fn(model(xb), yb) / n_micro).backward(), and return the summed loss "
+                "(with Lightning: accumulate_grad_batches=1 and a larger batch, or manual "
+                "optimization with such a closure). If the gradients are stale (a closure or "
+                "backward() called before the step for another purpose), call "
+                "optimizer.zero_grad() before step(). Nothing was changed."
+            )
+
+    def _leave_gbest_grad(self, losses: Tensor, grads: list[Tensor] | None) -> None:
+        """After a successful step, ``p.grad`` is the global best's gradient on this step's
+        batch: row ``gbest_index`` of the particles' gradients, when the global best is a
+        position scored in this step. Otherwise (:class:`~hgpso.PSO`, which collects no
+        gradients; no finite particle; with ``forget < 1`` a best kept from an earlier
+        batch) ``p.grad`` is ``None``."""
+        swarm = self.state[_SWARM]
+        b = swarm["gbest_index"]
+        scored = grads is not None and float(losses[b]) == swarm["gbest_loss"]
+        for k, p in enumerate(self._trainable()):
+            if not scored:
+                p.grad = None
+                continue
+            assert grads is not None
+            p.grad = grads[k][b].clone()
+        _mark_grads(self._trainable())
 
     def _check_members(self) -> None:
         """The swarm's parameters are fixed when it is created: refuse to step once one of
@@ -926,8 +1095,9 @@ class SwarmOptimizer(Optimizer):
         super().__setstate__(state)
         # optimizers pickled by older versions lack these attributes
         self.__dict__.setdefault("_members", None)
+        self._wrap_param_groups()
         if "_buffer_slots" not in self.__dict__:
-            swarm = self.state.get(_SWARM) or {}
+            swarm = self.state[_SWARM] if _SWARM in self.state else {}
             self._reset_buffer_tracking(from_checkpoint="buffers" in swarm)
 
     def _validate_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -1108,8 +1278,16 @@ class SwarmOptimizer(Optimizer):
                 )
             _check_buffer(f"per-particle buffer {name!r}", rows[name], (n, *b.shape), b.dtype)
 
+    def _wrap_param_groups(self) -> None:
+        """Loaded or unpickled groups become :class:`_ParamGroup` (``momentum`` aliasing
+        ``inertia``; older checkpoints lack ``momentum``)."""
+        if "inertia" in self.defaults:
+            self.defaults.setdefault("momentum", self.defaults["inertia"])
+        self.param_groups = [_ParamGroup(g) for g in self.param_groups]
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._validate_state_dict(state_dict)
+        self._validate_groups(state_dict["param_groups"], "param group")
         options = state_dict.get(_OPTIONS)  # absent in checkpoints from older versions
         if options is not None:
             if not isinstance(options, dict) or not set(options) <= set(_OPTION_KEYS):
