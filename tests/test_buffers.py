@@ -282,7 +282,7 @@ def test_a_fresh_optimizer_checks_loaded_buffers_against_the_model_on_its_next_s
     opt2 = HGPSO(other.parameters(), num_particles=3, seed=1)
     opt2.load_state_dict(sd)  # same parameter shapes: loads
     positions = [opt2.state[p]["position"].clone() for p in other.parameters()]
-    with pytest.raises(ValueError, match="1.running_mean"):
+    with pytest.raises(ValueError, match=r"1\.running_mean"):
         opt2.step(make_closure(opt2, other, x, y))
     assert opt2.state["swarm"]["step"] == 1
     for p, x_p, g in zip(other.parameters(), positions, opt2.gbest(), strict=True):

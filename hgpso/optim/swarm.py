@@ -47,8 +47,8 @@ from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
-from hgpso.evaluate.request import active_request
 from hgpso.evaluate.buffers import BufferWatch, resolve, running_stat_modules
+from hgpso.evaluate.request import active_request
 from hgpso.optim.random import SwarmRandom
 
 __all__ = ["SwarmOptimizer"]
