@@ -24,7 +24,12 @@ in ``p``'s dtype and device:
     ``kernel_seed`` (int, for the fused kernel's counter-based randoms), ``success_rate``,
     ``loss_ema``, ``best_loss_ema`` (floats),
     ``steps_since_improvement`` (int), ``lr_scale`` (float), ``nan_reseeds`` (int),
-    ``evaluations`` (int: forward passes spent).
+    ``evaluations`` (int: forward passes spent); and, once the first step found the buffers
+    the forward pass updates (BatchNorm's running statistics; ``{}`` when there are none),
+    per-particle buffers keyed by their ``model.named_buffers()`` name, in the buffer's
+    dtype: ``buffers`` (``(N, *B)``, each particle's after its last forward pass),
+    ``gbest_buffers`` (``B``, the global best's: what the model holds after a step) and,
+    only when ``forget < 1``, ``pbest_buffers`` (``(N, *B)``, each personal best's).
 
 A step is atomic: the new positions, velocities, personal and global bests are computed
 into new tensors, and only when everything has succeeded are they swapped into
@@ -926,13 +931,9 @@ class SwarmOptimizer(Optimizer):
             v[idx] = 0.0
 
     # ------------------------------------------------------- per-particle buffers
-    # State (in ``optimizer.state["swarm"]``, present once the swarm's first step found
-    # which buffers the forward pass updates; see :mod:`hgpso.evaluate.buffers`):
-    # ``buffers``: name -> ``(N, *B)``, each particle's buffers after its last forward pass;
-    # ``gbest_buffers``: name -> ``B``, the global best's (what the model holds);
-    # ``pbest_buffers``: name -> ``(N, *B)``, those of each personal best, only when
-    # ``forget < 1`` (with ``forget = 1`` a personal best is the position just scored, whose
-    # buffers are its row of ``buffers``). All of them are replaced, never written in place.
+    # (layout in the module docstring; how they are found: hgpso/evaluate/buffers.py). The
+    # dicts are replaced at every step, never written in place, so a failed step's restore
+    # of state["swarm"] restores them too.
     def _reset_buffer_tracking(self, *, from_checkpoint: bool) -> None:
         """Forget which model buffers are per particle: the next step finds them again
         (strictly matched to the saved ones after a ``load_state_dict``)."""
