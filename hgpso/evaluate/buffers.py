@@ -10,7 +10,7 @@ and stored back after it (closure and loop paths), or passed stacked through
 
 **Which buffers.** The ones the forward pass actually changes: on the first step of a swarm
 (or after :meth:`~torch.optim.Optimizer.load_state_dict`), every module the step's first
-forward pass runs is watched and each buffer whose value or version counter changed is
+forward pass runs is watched and each buffer whose value changed is
 tracked from then on. A model with no such buffer (none at all, constant buffers, or
 BatchNorm in ``eval()`` mode) tracks nothing and pays nothing after that first step. If a
 running-statistics norm layer that was in ``eval()`` mode on the first step is switched to
@@ -85,7 +85,7 @@ class BufferWatch:
         self.originals: list[tuple[Tensor, Tensor]] = []
         self._seen: set[int] = set()
         self._names: dict[int, str] = {}
-        self._before: dict[int, tuple[nn.Module, str, Tensor, int]] = {}
+        self._before: dict[int, tuple[nn.Module, str, Tensor]] = {}
         self._depth = 0
         self._roots = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -125,7 +125,7 @@ class BufferWatch:
                 if known is not None and known in self.preload:
                     self.originals.append((buf, buf.detach().clone()))
                     buf.copy_(self.preload[known])
-                self._before[id(buf)] = (module, key, buf.detach().clone(), buf._version)
+                self._before[id(buf)] = (module, key, buf.detach().clone())
 
     def _post(self, module: nn.Module, args: object, output: object) -> None:
         if not self.paused():
@@ -148,12 +148,14 @@ class BufferWatch:
 
     def _changed(self) -> list[FoundBuffer]:
         out = []
-        for key_id, (module, key, before, version) in self._before.items():
+        for key_id, (module, key, before) in self._before.items():
             now = module._buffers.get(key)
             if now is None or id(now) != key_id:
                 continue
             name = self._names.get(key_id, f"<{type(module).__name__}>.{key}")
-            if now._version != version or not _same(now, before):
+            # by value: BatchNorm's running statistics are written without bumping the
+            # version counter, and DDP's buffer broadcast bumps it without a change
+            if not _same(now, before):
                 out.append(FoundBuffer(name, module, key, before))
         return out
 

@@ -57,7 +57,7 @@ def score_each_particle(
     call ``score_one``, record the loss and the gradients, and store the buffers the
     forward pass updated as particle ``i``'s new buffers (``request.new_buffers``). On a
     swarm's first step particle 0's pass is watched to find those buffers
-    (:class:`~hgpso.evaluate.buffers.BufferWatch`). When ``answered`` turns true after
+    (``hgpso.evaluate.buffers.BufferWatch``). When ``answered`` turns true after
     particle 0 (a vectorized closure scored everyone), returns ``None``.
 
     The model is left holding the last particle evaluated: the caller restores it.
@@ -126,7 +126,8 @@ def evaluate_particles(
     Particle 0 is loaded and the closure called with ``request`` published. If the closure
     is vectorized it answers for all particles at once and we are done; otherwise it is a
     plain closure (zero_grad, forward, backward, return loss) and it is called once more for
-    each remaining particle (:func:`score_each_particle`). Parameters that get no gradient
+    each remaining particle (``score_each_particle``, the loop the vectorized ``"loop"``
+    strategy runs too). Parameters that get no gradient
     count as a zero gradient.
 
     The parameters (and per-particle buffers) are left holding the last particle

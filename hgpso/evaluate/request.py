@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for annotations: the docs render none of them
     from hgpso.evaluate.buffers import BufferWatch
 
 __all__ = ["EvaluationRequest", "active_request", "publish"]
@@ -32,8 +32,9 @@ class EvaluationRequest:
         params: the optimizer's trainable parameters, in the optimizer's order.
         positions: one ``(N, *p.shape)`` tensor per entry of ``params``.
         need_grads: whether gradients are wanted (HGPSO) or only losses (PSO).
-        buffer_targets: the model's buffers kept per particle (see
-            :mod:`hgpso.evaluate.buffers`), empty when there are none.
+        buffer_targets: the model's buffers kept per particle (the buffers its forward
+            pass updates, such as BatchNorm's running statistics; see
+            :class:`hgpso.HGPSO`), empty when there are none.
         buffers: one ``(N, *b.shape)`` tensor per entry of ``buffer_targets``: each
             particle's buffers before this step (read, never written).
         bind_buffers: set while the per-particle buffers are not known yet (a swarm's first
@@ -52,7 +53,8 @@ class EvaluationRequest:
     need_grads: bool
     buffer_targets: list[Tensor] = field(default_factory=list)
     buffers: list[Tensor] = field(default_factory=list)
-    bind_buffers: Callable[[BufferWatch], list[Tensor]] | None = None
+    # called as bind_buffers(watch) with a hgpso.evaluate.buffers.BufferWatch
+    bind_buffers: Callable[..., list[Tensor]] | None = None
     saved_buffers: dict[str, Tensor] = field(default_factory=dict)
     losses: Tensor | None = None
     grads: list[Tensor] | None = field(default=None)

@@ -35,7 +35,13 @@ class VectorizedClosure:
     where a vmapped convolution measured slower than the loop (see the step-time benchmark,
     ``python -m benchmarks.step_time``).
     Dropout draws independent randomness for each particle. Parameters of ``model`` that
-    the optimizer does not own (frozen ones) and all buffers are shared by every particle.
+    the optimizer does not own (frozen ones) are shared by every particle, and so are the
+    buffers the forward pass only reads. Buffers it updates (BatchNorm's running
+    statistics in training mode) are kept per particle by the optimizer and passed in
+    stacked, one row per particle, so that each particle updates its own (see
+    :class:`hgpso.HGPSO`, "BatchNorm and other buffers"); the vmap strategy finds them on the
+    swarm's first step with one extra forward pass whose effects are undone (random
+    generators forked, buffers restored).
 
     Called directly (outside ``optimizer.step``) it returns the loss of the weights the
     model holds, without gradients.
@@ -155,7 +161,7 @@ class VectorizedClosure:
 
     def _autograd_loop(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
         """Load each particle into the model and run ordinary autograd (the loop the
-        closure path runs too: :func:`~hgpso.evaluate.closure.score_each_particle`)."""
+        closure path runs too: ``hgpso.evaluate.closure.score_each_particle``)."""
         params, need_grads = request.params, request.need_grads
 
         def one() -> tuple[object, Sequence[Tensor | None] | None]:
@@ -186,6 +192,14 @@ def vectorized_closure(
 
         for x, y in loader:
             opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+
+    BatchNorm (and any other buffer the forward pass updates) works as in the plain
+    closure path: each particle keeps its own running statistics, passed through
+    ``torch.func.functional_call`` under ``vmap`` with a leading particle dimension, and
+    after the step the model holds the global best's weights and statistics. Calling
+    ``torch.func.replace_all_batch_norm_modules_(model)`` once (normalise with batch
+    statistics only, keep no running statistics) remains an option: nothing is then kept per
+    particle.
 
     Args:
         model: the module whose parameters the optimizer owns.

@@ -563,10 +563,18 @@ class SwarmOptimizer(Optimizer):
         if closure is None:
             return None
 
+        # an autocast region around the step would reuse its cached low-precision copy of
+        # a weight for every particle (the cache is keyed on the parameter, whose values
+        # change between particles): no caching while particles are scored
+        torch.clear_autocast_cache()
+
         def scored() -> Any:
+            cache = torch.is_autocast_cache_enabled()
+            torch.set_autocast_cache_enabled(False)
             try:
                 return closure()
             finally:
+                torch.set_autocast_cache_enabled(cache)
                 _mark_grads(params)
 
         return scored
