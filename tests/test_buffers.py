@@ -295,6 +295,23 @@ def test_a_fresh_optimizer_checks_loaded_buffers_against_the_model_on_its_next_s
     opt3.step(make_closure(opt3, model2, x, y))
 
 
+def test_compiled_model_keeps_per_particle_statistics_named_as_the_plain_model():
+    torch.manual_seed(12)
+    model = bn_mlp()
+    model2 = copy.deepcopy(model)
+    compiled = torch.compile(model, backend="eager")
+    x, y = torch.randn(16, 10), torch.randint(0, 3, (16,))
+    a = HGPSO(model.parameters(), num_particles=3, init_spread=0.2, seed=0)
+    b = HGPSO(model2.parameters(), num_particles=3, init_spread=0.2, seed=0)
+    for _ in range(2):
+        a.step(make_closure(a, compiled, x, y))
+        b.step(make_closure(b, model2, x, y))
+    assert set(a.state["swarm"]["buffers"]) == {n for n, _ in model.named_buffers()}
+    for name, rows in b.state["swarm"]["buffers"].items():
+        torch.testing.assert_close(a.state["swarm"]["buffers"][name], rows)
+    assert_model_holds_gbest(a, model)
+
+
 def test_model_without_mutable_buffers_pays_nothing_after_the_first_step(monkeypatch):
     from torch.nn.modules import module as module_hooks
 
@@ -388,3 +405,67 @@ def test_torchvision_resnet18_trains_through_every_path():
         torch.testing.assert_close(swarm["pbest_losses"], ref["pbest_losses"], rtol=1e-3, atol=1e-3)
         for name, rows in ref["buffers"].items():
             torch.testing.assert_close(swarm["buffers"][name], rows, rtol=1e-3, atol=1e-3)
+
+
+def bn_replicated_worker(rank, world_size, out, *, path):
+    """One rank of a replicated swarm on a BatchNorm model; rank r trains on its shard."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(100 + rank)  # different everywhere until the optimizer agrees
+    model = bn_mlp()
+    net = DistributedDataParallel(model) if path == "ddp" else model
+    opt = HGPSO(model.parameters(), num_particles=3, init_spread=0.3, lr=0.1)
+    g = torch.Generator().manual_seed(7)
+    first = None
+    for t in range(3):
+        x = torch.randn(8 * world_size, 10, generator=g)
+        y = torch.randint(0, 3, (8 * world_size,), generator=g)
+        if t == 0:
+            opt.swarm  # noqa: B018 (the positions scored at step 0, for the check below)
+            first = (x, [opt.state[p]["position"].clone() for p in model.parameters()])
+        xs, ys = x[rank * 8 : (rank + 1) * 8], y[rank * 8 : (rank + 1) * 8]
+        if path == "vmap":
+            opt.step(hgpso.vectorized_closure(model, F.cross_entropy, xs, ys, strategy="vmap"))
+        else:
+            opt.step(make_closure(opt, net, xs, ys))
+        if t == 0:
+            step0 = {k: v.clone() for k, v in opt.state["swarm"]["buffers"].items()}
+    torch.save(
+        {
+            "first": first,
+            "step0": step0,
+            "swarm": {k: opt.state["swarm"][k] for k in ("buffers", "gbest_buffers")},
+            "model": model_buffers(model),
+            "params": [p.detach().clone() for p in model.parameters()],
+        },
+        out / f"rank{rank}.pt",
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("path", ["ddp", "vmap"])
+def test_replicated_ranks_average_their_statistics_and_stay_identical(tmp_path, path):
+    """Under distributed="replicated" each rank's running statistics come from its shard:
+    they are averaged over ranks every step, so the replicas stay identical (and the mean
+    is the global batch's)."""
+    from tests.distributed.launch import run_workers
+
+    run_workers(bn_replicated_worker, 2, tmp_path, path=path)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    prefix = ""  # named as model.named_buffers() names them, through the DDP wrapper too
+    assert set(r0["swarm"]["buffers"]) == {prefix + n for n in r0["model"]}
+    for key in ("buffers", "gbest_buffers"):
+        for name, value in r0["swarm"][key].items():
+            assert torch.equal(value, r1["swarm"][key][name]), (key, name)
+    for name, value in r0["model"].items():
+        assert torch.equal(value, r1["model"][name]), name
+        assert torch.equal(value, r0["swarm"]["gbest_buffers"][prefix + name])
+    for a, b in zip(r0["params"], r1["params"], strict=True):
+        assert torch.equal(a, b)
+    # step 0: the mean of the two shards' batch means is the global batch's mean
+    x, positions = r0["first"]
+    w, bias = positions[0], positions[1]
+    rows = r0["step0"][prefix + "1.running_mean"]
+    for i in range(3):
+        h = x @ w[i].T + bias[i]
+        torch.testing.assert_close(rows[i], 0.1 * h.mean(0), rtol=0, atol=1e-6)

@@ -16,15 +16,17 @@ BatchNorm in ``eval()`` mode) tracks nothing and pays nothing after that first s
 running-statistics norm layer that was in ``eval()`` mode on the first step is switched to
 training mode later, the next step watches again and adds its buffers (every particle
 starts from the value the model holds). A buffer is named by its path in the outermost
-module the forward pass entered (``"1.running_mean"`` for ``nn.Sequential``), the same
-name ``model.named_buffers()`` gives, so a checkpoint written by one evaluation path
-resumes in the other.
+module the forward pass entered, looking through DDP, DataParallel and ``torch.compile``
+wrappers (``"1.running_mean"`` for ``nn.Sequential``): the name ``model.named_buffers()``
+gives, so a checkpoint written by one evaluation path resumes in the other.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,10 +68,13 @@ def running_stat_modules(modules: list[nn.Module]) -> list[nn.Module]:
 class BufferWatch:
     """Watch one forward pass (a context manager) and report which buffers it changed.
 
-    Module-global forward hooks see every module called inside the ``with`` block; the
-    first time a module is entered its own buffers are copied, and the outermost module
-    (the one entered while no other is running) names them. ``preload`` maps such names to
-    values written into the buffers before the module runs (a resumed swarm's particle 0).
+    A module-global forward pre-hook sees the modules called inside the ``with`` block.
+    The first one entered, and any later one outside the trees already seen, is a root:
+    every buffer of its tree is copied then, before it runs, and named by its path in the
+    root (through DDP, DataParallel and ``torch.compile`` wrappers). The hook does nothing
+    for modules inside a seen tree, and nothing while ``torch.compile`` traces, so compiled
+    modules keep their graphs. ``preload`` maps names to values written into the buffers
+    before the root runs (a resumed swarm's particle 0).
     """
 
     def __init__(
@@ -80,56 +85,54 @@ class BufferWatch:
     ) -> None:
         self.preload = preload or {}
         self.paused = paused
+        #: every module of the watched trees
         self.modules: list[nn.Module] = []
         #: buffers overwritten by ``preload``, with the value they held before
         self.originals: list[tuple[Tensor, Tensor]] = []
-        self._seen: set[int] = set()
-        self._names: dict[int, str] = {}
-        self._before: dict[int, tuple[nn.Module, str, Tensor]] = {}
-        self._depth = 0
+        self._covered: set[int] = set()
+        self._listed: set[int] = set()
+        self._warnings: Any = None
+        self._before: dict[int, tuple[str, nn.Module, str, Tensor]] = {}
         self._roots = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._found: list[FoundBuffer] | None = None
 
     def __enter__(self) -> BufferWatch:
-        self._handles = [
-            module_hooks.register_module_forward_pre_hook(self._pre),
-            module_hooks.register_module_forward_hook(self._post, always_call=True),
-        ]
+        # torch.compile warns that a global hook also fires for its wrapper: expected here
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there")
+        self._handle = module_hooks.register_module_forward_pre_hook(self._pre)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._warnings.__exit__(*exc)
         self._found = self._changed()
 
     def _pre(self, module: nn.Module, args: object) -> None:
-        if self.paused():
+        if torch.compiler.is_compiling() or self.paused() or id(module) in self._covered:
             return
-        if self._depth == 0 and id(module) not in self._seen:
-            prefix = "" if self._roots == 0 else f"<root{self._roots}>."
-            self._roots += 1
-            for name, b in module.named_buffers():
-                self._names.setdefault(id(b), prefix + name)
-        self._depth += 1
-        if id(module) in self._seen:
-            return
-        self._seen.add(id(module))
-        self.modules.append(module)
+        root = _unwrap(module)
+        prefix = "" if self._roots == 0 else f"<root{self._roots}>."
+        self._roots += 1
+        for m in (module, *module.modules()):
+            self._covered.add(id(m))
         with torch.no_grad():
-            for key, buf in module._buffers.items():
-                if buf is None or id(buf) in self._before:
-                    continue
-                known = self._names.get(id(buf))
-                if known is not None and known in self.preload:
-                    self.originals.append((buf, buf.detach().clone()))
-                    buf.copy_(self.preload[known])
-                self._before[id(buf)] = (module, key, buf.detach().clone())
-
-    def _post(self, module: nn.Module, args: object, output: object) -> None:
-        if not self.paused():
-            self._depth -= 1
+            for path, owner in root.named_modules():
+                if id(owner) not in self._listed:
+                    self._listed.add(id(owner))
+                    self.modules.append(owner)
+                for key, buf in owner._buffers.items():
+                    if buf is None or id(buf) in self._before:
+                        continue
+                    name = prefix + (f"{path}.{key}" if path else key)
+                    if name in self.preload:
+                        self.originals.append((buf, buf.detach().clone()))
+                        buf.copy_(self.preload[name])
+                    self._before[id(buf)] = (name, owner, key, buf.detach().clone())
 
     def undo(self) -> None:
         """Put every buffer the watched pass (or ``preload``) changed back as it was."""
@@ -148,16 +151,30 @@ class BufferWatch:
 
     def _changed(self) -> list[FoundBuffer]:
         out = []
-        for key_id, (module, key, before) in self._before.items():
+        for key_id, (name, module, key, before) in self._before.items():
             now = module._buffers.get(key)
             if now is None or id(now) != key_id:
                 continue
-            name = self._names.get(key_id, f"<{type(module).__name__}>.{key}")
             # by value: BatchNorm's running statistics are written without bumping the
             # version counter, and DDP's buffer broadcast bumps it without a change
             if not _same(now, before):
                 out.append(FoundBuffer(name, module, key, before))
         return out
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The user's model inside a wrapper (DDP, DataParallel, ``torch.compile``), so that
+    buffers are named as ``model.named_buffers()`` names them whichever is called."""
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            inner = module.module
+        elif type(module).__name__ == "OptimizedModule":
+            inner = getattr(module, "_orig_mod", None)
+        else:
+            return module
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
 
 
 def _same(a: Tensor, b: Tensor) -> bool:
