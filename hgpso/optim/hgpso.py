@@ -73,6 +73,10 @@ class HGPSO(SwarmOptimizer):
     global best) back to old positions; see the hyperparameters guide for the measured
     comparison. Use ``forget < 1``
     (``0`` is the classic rule) for deterministic objectives such as full-batch losses.
+    With ``forget=1`` no personal-best positions are stored (each would equal the position
+    just scored): the swarm keeps positions, velocities and one global best,
+    :math:`(2N+1)P` numbers for :math:`P` parameters, against :math:`(3N+1)P` with
+    ``forget < 1``; a particle that is not finite then has no personal best on that batch.
 
     **Adaptation** (``adaptive=True``, the default; ``False`` keeps every coefficient at
     its group value). The coefficients follow the smoothed success rate :math:`\bar s`
