@@ -426,6 +426,42 @@ def holdout_split(n: int, fraction: float, seed: int = 1234) -> tuple[torch.Tens
     return perm[n_hold:].sort().values, perm[:n_hold].sort().values
 
 
+def symmetric_label_noise(
+    labels: torch.Tensor, num_classes: int, fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric label noise: ``(noisy_labels, corrupted_mask)``.
+
+    Exactly ``round(p * n)`` of the :math:`n` labels, chosen uniformly
+    without replacement, are replaced by a label drawn uniformly from the *other*
+    :math:`K - 1` classes; the rest are kept. Each label is therefore corrupted with
+    probability :math:`p` and, when corrupted, becomes any given other class with probability
+    :math:`p / (K - 1)` (the "symmetric" noise of the noisy-label literature, whose transition
+    matrix has :math:`1 - p` on the diagonal and :math:`p / (K - 1)` elsewhere); fixing the
+    count makes the realised fraction exactly :math:`p` (up to rounding) instead of a
+    binomial draw. A corrupted label never equals its original.
+
+    The draw depends only on ``seed``, ``fraction``, ``num_classes`` and ``len(labels)``
+    (never on the global RNG), so every optimizer and every training seed sees the same
+    corrupted labels.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label-noise fraction must be in [0, 1], got {fraction}")
+    if num_classes < 2 and fraction > 0:
+        raise ValueError("label noise needs at least 2 classes")
+    y = labels.to(torch.int64)
+    n = len(y)
+    gen = torch.Generator().manual_seed(seed)
+    count = round(fraction * n)
+    which = torch.randperm(n, generator=gen)[:count]
+    # an offset in 1..K-1 added modulo K: uniform over the other classes, never the same one
+    offset = torch.randint(1, max(2, num_classes), (count,), generator=gen)
+    noisy = y.clone()
+    noisy[which] = (y[which] + offset) % num_classes
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[which] = True
+    return noisy, mask
+
+
 try:  # Lightning is an optional dependency (the `bench` extra)
     import lightning.pytorch as pl
 
@@ -440,7 +476,11 @@ class ArrayDataModule(_LightningDataModule):
     ``seed`` fixes the order of training batches (the same for every optimizer).
     ``holdout`` > 0 carves a fixed held-out split out of the training data and evaluates on it
     instead of the test set (use it for tuning). ``train_subset`` keeps only the first k
-    training examples of a fixed permutation (quick runs).
+    training examples of a fixed permutation (quick runs). ``label_noise`` > 0 corrupts that
+    fraction of the *training* labels (after the held-out split and the subset are taken, so
+    the evaluation set stays clean) with :func:`symmetric_label_noise` seeded by
+    ``label_noise_seed``; the clean training labels stay in ``train_clean_y`` and the
+    corrupted positions in ``train_noise_mask``.
     """
 
     dataset_name = "arrays"
@@ -455,6 +495,8 @@ class ArrayDataModule(_LightningDataModule):
         train_subset: int | None = None,
         download: bool = True,
         splits: ArraySplits | None = None,
+        label_noise: float = 0.0,
+        label_noise_seed: int = 0,
     ) -> None:
         super().__init__()
         self.data_root = data_root
@@ -465,6 +507,12 @@ class ArrayDataModule(_LightningDataModule):
         self.train_subset = train_subset
         self.download = download
         self.splits = splits
+        if not 0.0 <= label_noise <= 1.0:
+            raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+        self.label_noise = label_noise
+        self.label_noise_seed = label_noise_seed
+        self.train_clean_y: torch.Tensor | None = None
+        self.train_noise_mask: torch.Tensor | None = None
         self._ready = False
 
     def load(self) -> ArraySplits:
@@ -487,6 +535,12 @@ class ArrayDataModule(_LightningDataModule):
             keep = torch.randperm(len(ty), generator=torch.Generator().manual_seed(4321))
             keep = keep[: self.train_subset].sort().values
             tx, ty = tx[keep], ty[keep]
+        self.train_clean_y = ty
+        self.train_noise_mask = torch.zeros(len(ty), dtype=torch.bool)
+        if self.label_noise > 0:
+            ty, self.train_noise_mask = symmetric_label_noise(
+                ty, s.num_classes, self.label_noise, self.label_noise_seed
+            )
         self.train_set = NormalizedTensorDataset(tx, ty, s.mean, s.std)
         self.eval_set = NormalizedTensorDataset(ex, ey, s.mean, s.std)
         self.num_classes = s.num_classes
@@ -515,9 +569,16 @@ class ArrayDataModule(_LightningDataModule):
         it) in fixed order, for the final training loss."""
         ds: Dataset = self.train_set
         if max_examples and max_examples < len(self.train_set):
-            keep = torch.randperm(len(ds), generator=torch.Generator().manual_seed(99))
-            ds = torch.utils.data.Subset(ds, keep[:max_examples].sort().values.tolist())
+            ds = torch.utils.data.Subset(ds, self.train_eval_indices(max_examples).tolist())
         return self._eval_loader(ds)
+
+    def train_eval_indices(self, max_examples: int | None = None) -> torch.Tensor:
+        """Indices into the training split used by :meth:`train_eval_dataloader`."""
+        n = len(self.train_set)
+        if max_examples and max_examples < n:
+            keep = torch.randperm(n, generator=torch.Generator().manual_seed(99))
+            return keep[:max_examples].sort().values
+        return torch.arange(n)
 
     @property
     def steps_per_epoch(self) -> int:

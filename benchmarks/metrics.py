@@ -8,6 +8,7 @@ optimizer  forward passes      backward passes
 =========  ==================  ===================
 sgd, adam  1                   1
 hgpso      N (particles)       N
+(also ``hgpso-default``, HG-PSO with the library's defaults)
 pso        N (particles)       0
 =========  ==================  ===================
 
@@ -23,17 +24,19 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-OPTIMIZERS = ("sgd", "adam", "pso", "hgpso")
+OPTIMIZERS = ("sgd", "adam", "pso", "hgpso", "hgpso-default")
+SWARM_OPTIMIZERS = ("pso", "hgpso", "hgpso-default")
 
 
 def passes_per_step(optimizer: str, num_particles: int = 1) -> tuple[int, int]:
     """``(forward, backward)`` mini-batch passes one step of ``optimizer`` costs."""
     if optimizer in ("sgd", "adam"):
         return 1, 1
-    if optimizer == "hgpso":
+    if optimizer in ("hgpso", "hgpso-default"):
         return num_particles, num_particles
     if optimizer == "pso":
         return num_particles, 0
@@ -100,6 +103,35 @@ def value_at_budget(curve: Sequence[tuple[float, float]], budget: float) -> floa
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
     """``(correct, total)`` of arg-max predictions."""
     return int((logits.argmax(dim=1) == targets).sum()), int(targets.numel())
+
+
+def machine_load() -> dict[str, Any]:
+    """What shares the CPU with a timed run: the CPUs this process may run on
+    (``os.sched_getaffinity``, ``None`` where unsupported) and the 1-minute load average
+    (``os.getloadavg``, ``None`` where unsupported)."""
+    try:
+        affinity: list[int] | None = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        affinity = None
+    try:
+        load: float | None = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu_affinity": affinity, "loadavg_1min": load}
+
+
+def format_cpus(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (the notation of ``taskset -c``)."""
+    parts: list[str] = []
+    xs = sorted(set(cpus))
+    i = 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        parts.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 def _rss_bytes() -> int:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import OPTIMIZERS, mean_std, trailing_mean, value_at_budget
+from benchmarks.metrics import OPTIMIZERS, format_cpus, mean_std, trailing_mean, value_at_budget
 
 # The paper's Tables 1-3 (iterations to a loss threshold, test accuracy %, final loss).
 PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
@@ -29,8 +29,22 @@ PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
         "loss": {"sgd": 1.02, "adam": 0.91, "pso": 1.30, "hgpso": 0.85},
     },
 }
-LABELS = {"sgd": "SGD", "adam": "Adam", "pso": "PSO", "hgpso": "HG-PSO"}
-COLORS = {"sgd": "tab:blue", "adam": "tab:orange", "pso": "tab:green", "hgpso": "tab:red"}
+# the paper's row each optimizer is compared with (both HG-PSO variants with its HG-PSO)
+PAPER_ROW = {"hgpso-default": "hgpso"}
+LABELS = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "pso": "PSO",
+    "hgpso": "HG-PSO (tuned)",
+    "hgpso-default": "HG-PSO (library defaults)",
+}
+COLORS = {
+    "sgd": "tab:blue",
+    "adam": "tab:orange",
+    "pso": "tab:green",
+    "hgpso": "tab:red",
+    "hgpso-default": "tab:purple",
+}
 
 CSV_FIELDS = [
     "optimizer",
@@ -101,6 +115,12 @@ def summarize(runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any
             "hparams": rs[0]["hparams"],
         }
     summary["equal_budget"] = equal_budget(runs)
+    summary["equal_time"] = equal_time(runs)
+    summary["per_epoch_accuracy"] = per_epoch_accuracy(runs)
+    noise = label_noise_table(runs)
+    if noise is not None:
+        summary["label_noise"] = noise
+    summary["timing"] = timing_conditions(runs)
     summary["threshold"] = meta.get("threshold")
     summary["eval_split"] = meta.get("eval_split", "test")
     return summary
@@ -153,6 +173,156 @@ def equal_budget(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+def curve_seconds(run: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(training seconds, eval accuracy)`` at each evaluation of ``run``.
+
+    Training seconds are the time spent inside optimizer steps up to that evaluation (the
+    curve's ``train_seconds``). Run files written before that field existed only hold the
+    total (``step_seconds``); their evaluations are placed at ``step_seconds * step / steps``,
+    which assumes steps of equal cost (exact at the last evaluation).
+    """
+    out = []
+    steps = max(1, int(run.get("steps") or 1))
+    total = float(run.get("step_seconds") or run.get("wall_seconds") or 0.0)
+    for c in run["curve"]:
+        t = c.get("train_seconds")
+        if t is None:
+            t = total * float(c.get("step", steps)) / steps
+        out.append((float(t), float(c["eval_accuracy"])))
+    return out
+
+
+def equal_time(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Accuracy at an equal training time: the reference (Adam, else the fastest optimizer)'s
+    mean training seconds; each optimizer is credited with its last evaluation at or before
+    that time (conservative, as :func:`equal_budget`)."""
+    opts = _ordered(runs)
+    if not opts:
+        return None
+    totals = {
+        o: mean_std([curve_seconds(r)[-1][0] for r in runs if r["optimizer"] == o])[0] for o in opts
+    }
+    ref = "adam" if "adam" in opts else min(opts, key=lambda o: totals[o] or math.inf)
+    budget = totals[ref]
+    if budget is None:
+        return None
+    out: dict[str, Any] = {
+        "reference": ref,
+        "budget_seconds": budget,
+        "training_seconds_mean": totals,
+        "accuracy_at_budget": {},
+        "accuracy_at_budget_std": {},
+    }
+    for o in opts:
+        rs = [r for r in runs if r["optimizer"] == o]
+        accs = [value_at_budget(curve_seconds(r), budget) for r in rs]
+        m, sd, n = mean_std(accs)
+        out["accuracy_at_budget"][o] = m if n == len(rs) else None
+        out["accuracy_at_budget_std"][o] = sd if n == len(rs) else None
+    return out
+
+
+def _epoch_points(run: dict[str, Any]) -> list[tuple[float | None, float]]:
+    """``(epoch, eval accuracy)`` of each evaluation (epoch ``None`` if not recorded)."""
+    spe = max(1, int(run.get("steps_per_epoch") or 1))
+    out: list[tuple[float | None, float]] = []
+    for c in run["curve"]:
+        e = c.get("epoch")
+        if e is None and c.get("step") is not None:
+            e = c["step"] / spe
+        out.append((None if e is None else round(float(e), 4), c["eval_accuracy"]))
+    return out
+
+
+def per_epoch_accuracy(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Mean ± std over seeds of the eval accuracy at each evaluation point (by epoch) that
+    every seed of the optimizer has."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for o in _ordered(runs):
+        rs = [r for r in runs if r["optimizer"] == o]
+        per_run = [{e: a for e, a in _epoch_points(r) if e is not None} for r in rs]
+        common = sorted(set.intersection(*(set(d) for d in per_run)))
+        rows = []
+        for e in common:
+            m, sd, n = mean_std([d[e] for d in per_run])
+            rows.append({"epoch": e, "accuracy_mean": m, "accuracy_std": sd, "runs": n})
+        out[o] = rows
+    return out
+
+
+def label_noise_table(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For label-noise runs: the noise, and per optimizer the final and best eval accuracy
+    (eval labels are clean), the drop from best to final (fitting the noise shows as a drop)
+    and how the final weights fit the corrupted training labels. ``None`` for clean runs."""
+    noisy = [r for r in runs if r.get("label_noise")]
+    if not noisy:
+        return None
+    settings = sorted(
+        {
+            (r["label_noise"]["kind"], r["label_noise"]["fraction"], r["label_noise"]["seed"])
+            for r in noisy
+        }
+    )
+    first = noisy[0]["label_noise"]
+    out: dict[str, Any] = {
+        "settings": [{"kind": k, "fraction": f, "seed": sd} for k, f, sd in settings],
+        "corrupted": first.get("corrupted"),
+        "train_size": first.get("train_size"),
+        "noisy_labels_sha256": sorted({r["label_noise"].get("noisy_labels_sha256") for r in noisy}),
+        "clean_runs_mixed_in": len(runs) - len(noisy),
+        "optimizers": {},
+    }
+    for o in _ordered(noisy):
+        rs = [r for r in noisy if r["optimizer"] == o]
+        best = [max(c["eval_accuracy"] for c in r["curve"]) for r in rs]
+        final = [r["test_accuracy"] for r in rs]
+        fits = [r["label_noise"].get("fit") or {} for r in rs]
+
+        def fit(key: str, fits: list[dict[str, Any]] = fits) -> tuple[float | None, float | None]:
+            return mean_std([f.get(key) for f in fits])[:2]
+
+        row: dict[str, Any] = {
+            "final_accuracy": mean_std(final)[:2],
+            "best_accuracy": mean_std(best)[:2],
+            "drop_best_to_final": mean_std([b - f for b, f in zip(best, final, strict=True)])[:2],
+            "train_accuracy_noisy_labels": fit("accuracy_noisy_labels"),
+            "train_accuracy_clean_labels": fit("accuracy_clean_labels"),
+            "memorized": fit("memorized"),
+            "corrected": fit("corrected"),
+            "num_runs": len(rs),
+        }
+        out["optimizers"][o] = row
+    return out
+
+
+def timing_conditions(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the runs' times were taken, from their ``machine`` records (absent in older files)."""
+    recorded = [r["machine"] for r in runs if isinstance(r.get("machine"), dict)]
+    threads = sorted({m.get("torch_threads") for m in recorded if m.get("torch_threads")})
+    affinities = sorted(
+        {
+            format_cpus(m[k])
+            for m in recorded
+            for k in ("cpu_affinity_start", "cpu_affinity_end")
+            if m.get(k)
+        }
+    )
+    loads = [
+        m[k]
+        for m in recorded
+        for k in ("loadavg_1min_start", "loadavg_1min_end")
+        if isinstance(m.get(k), (int, float))
+    ]
+    return {
+        "runs_recorded": len(recorded),
+        "runs": len(runs),
+        "torch_threads": threads,
+        "cpu_affinity": affinities,
+        "loadavg_1min_min": min(loads) if loads else None,
+        "loadavg_1min_max": max(loads) if loads else None,
+    }
+
+
 def write_csv(runs: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
@@ -171,8 +341,12 @@ def _fmt(m: float | None, s: float | None = None, digits: int = 2, scale: float 
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
+def _claim(dataset: str, table: str, o: str) -> float | None:
+    return PAPER_CLAIMS.get(dataset, {}).get(table, {}).get(PAPER_ROW.get(o, o))
+
+
 def _paper(dataset: str, table: str, o: str) -> str:
-    v = PAPER_CLAIMS.get(dataset, {}).get(table, {}).get(o)
+    v = _claim(dataset, table, o)
     if v is None:
         return "n/a"
     return f"{v:g}%" if table == "accuracy" else f"{v:g}"
@@ -183,6 +357,52 @@ def _command_lines(meta: dict[str, Any]) -> list[str]:
     if len(commands) == 1:
         return [f"- Command: `{commands[0]}`"]
     return ["- Commands that produced the runs:", *(f"  - `{c}`" for c in commands)]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:g}%"
+
+
+def _noise_lines(summary: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    ln = summary.get("label_noise")
+    if not ln:
+        return []
+    lines = []
+    for st in ln["settings"]:
+        text = f"- Training labels: {_pct(st['fraction'])} {st['kind']} noise, seed {st['seed']}"
+        if ln.get("corrupted") is not None and len(ln["settings"]) == 1:
+            text += (
+                f" ({ln['corrupted']} of {ln['train_size']} training labels replaced by a label "
+                "drawn uniformly from the other classes, the same for every optimizer and seed)"
+            )
+        lines.append(text + f"; the {summary.get('eval_split', 'test')} set is clean")
+    if len(ln.get("noisy_labels_sha256", [])) > 1:
+        lines.append("- WARNING: the runs were trained on different corrupted label sets")
+    if ln.get("clean_runs_mixed_in"):
+        lines.append(f"- WARNING: {ln['clean_runs_mixed_in']} run(s) here had clean labels")
+    return lines
+
+
+def _timing_line(summary: dict[str, Any]) -> str:
+    t = summary.get("timing") or {}
+    text = (
+        "- Times: wall seconds = time in `Trainer.fit` minus evaluation, training seconds "
+        "(equal-time view) = time inside optimizer steps; the runs of one invocation run one "
+        "at a time in one process"
+    )
+    if not t.get("runs_recorded"):
+        return text + "; thread count, CPU affinity and load were not recorded in these run files"
+    text += f", torch threads {', '.join(str(x) for x in t['torch_threads']) or 'n/a'}"
+    if t["cpu_affinity"]:
+        text += f", CPU affinity {' / '.join(t['cpu_affinity'])}"
+    if t["loadavg_1min_min"] is not None:
+        text += (
+            f", 1-minute load average {t['loadavg_1min_min']:.2f} to {t['loadavg_1min_max']:.2f} "
+            "at the runs' starts and ends"
+        )
+    if t["runs_recorded"] < t["runs"]:
+        text += f" (recorded for {t['runs_recorded']} of {t['runs']} runs)"
+    return text
 
 
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -203,6 +423,8 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"seeds {summary['seeds']}",
         f"- Loss threshold (Table 1): trailing {meta.get('window')}-step mean training loss "
         f"<= {meta.get('threshold')}",
+        *_noise_lines(summary, meta),
+        _timing_line(summary),
         "",
         "Measured values are mean ± sample std over seeds. The paper's values are its claims "
         "(its Tables 1-3); the paper gives neither its models, epochs nor threshold, so only "
@@ -296,6 +518,78 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"{_fmt(eb['accuracy_at_budget'][o], eb['accuracy_at_budget_std'][o], 2, 100)}"
                 f" | {_fmt(p['mean'], None, 0)} | {p['reached']} |"
             )
+    et = summary.get("equal_time")
+    if et:
+        ref = LABELS[et["reference"]]
+        lines += [
+            "",
+            "## Equal training time",
+            "",
+            f"Time budget: {ref}'s mean training time, {et['budget_seconds']:.1f} s inside "
+            f"optimizer steps. Each optimizer's {split} accuracy at its last evaluation within "
+            "that time (from its logged curve). Only comparable when every run was timed the "
+            "same way (see Times above).",
+            "",
+            f"| Optimizer | Training seconds (full run) | Accuracy at {ref}'s time (%) |",
+            "|---|---|---|",
+        ]
+        for o in opts:
+            lines.append(
+                f"| {LABELS[o]} | {_fmt(et['training_seconds_mean'][o], None, 1)} | "
+                f"{_fmt(et['accuracy_at_budget'][o], et['accuracy_at_budget_std'][o], 2, 100)} |"
+            )
+    pe = summary.get("per_epoch_accuracy") or {}
+    epochs = sorted({row["epoch"] for rows in pe.values() for row in rows})
+    if pe and 1 < len(epochs) <= 40:
+        lines += [
+            "",
+            f"## {acc_name} after each evaluation (%)",
+            "",
+            "| Epoch | " + " | ".join(LABELS[o] for o in pe) + " |",
+            "|---" * (len(pe) + 1) + "|",
+        ]
+        for e in epochs:
+            cells = []
+            for o in pe:
+                row = next((r for r in pe[o] if r["epoch"] == e), None)
+                cells.append(
+                    "n/a"
+                    if row is None
+                    else _fmt(row["accuracy_mean"], row["accuracy_std"], 2, 100)
+                )
+            lines.append(f"| {e:g} | " + " | ".join(cells) + " |")
+    ln = summary.get("label_noise")
+    if ln:
+        lines += [
+            "",
+            "## Label noise",
+            "",
+            f"Trained on corrupted labels, evaluated on the clean {split} set. Best: the highest "
+            f"{split} accuracy at any evaluation; drop: best minus final (fitting the wrong labels "
+            "shows as a drop). On the training subset of Table 3: accuracy against the noisy "
+            "labels trained on and against the true labels; on its corrupted examples, the share "
+            "predicted as the wrong label taught (memorized) and as the true label (corrected).",
+            "",
+            "| Optimizer | Final (%) | Best (%) | Drop (points) | Train acc., noisy labels (%) "
+            "| Train acc., true labels (%) | Memorized (%) | Corrected (%) | Paper (clean, %) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for o, v in ln["optimizers"].items():
+            cells = [
+                _fmt(*v[k], 2, 100)
+                for k in (
+                    "final_accuracy",
+                    "best_accuracy",
+                    "drop_best_to_final",
+                    "train_accuracy_noisy_labels",
+                    "train_accuracy_clean_labels",
+                    "memorized",
+                    "corrected",
+                )
+            ]
+            lines.append(
+                f"| {LABELS[o]} | " + " | ".join(cells) + f" | {_paper(ds, 'accuracy', o)} |"
+            )
     lines += [
         "",
         "## Figures",
@@ -307,6 +601,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "![Final loss distribution](figures/final_loss_box.png)",
         "",
         "![Accuracy vs compute](figures/accuracy_vs_passes.png)",
+        "",
+        "![Accuracy per epoch](figures/accuracy_vs_epoch.png)",
+        "",
+        "![Accuracy vs training time](figures/accuracy_vs_seconds.png)",
         "",
     ]
     if meta.get("notes"):
@@ -363,7 +661,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
         ax.text(i - 0.18, m + s + 0.5, f"{m:.1f}", ha="center", fontsize=8)
         seeds = [r["test_accuracy"] * 100 for r in runs if r["optimizer"] == o]
         ax.scatter([i - 0.18] * len(seeds), seeds, color="black", s=10, zorder=3)
-        claim = PAPER_CLAIMS.get(ds, {}).get("accuracy", {}).get(o)
+        claim = _claim(ds, "accuracy", o)
         if claim is not None:
             ax.bar(i + 0.18, claim, 0.36, color=COLORS[o], alpha=0.35, hatch="//")
             ax.text(i + 0.18, claim + 0.5, f"{claim:.1f}", ha="center", fontsize=8)
@@ -433,6 +731,67 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
     ax.legend()
     fig.tight_layout()
     fig.savefig(fig_dir / "accuracy_vs_passes.png", dpi=110)
+    plt.close(fig)
+
+    split = summary.get("eval_split", "test")
+    # accuracy per epoch: each seed thin, the mean over seeds thick
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for o in opts:
+        for r in (r for r in runs if r["optimizer"] == o):
+            pts = [(e, a * 100) for e, a in _epoch_points(r) if e is not None]
+            if not pts:
+                continue
+            ax.plot(*zip(*pts, strict=True), color=COLORS[o], alpha=0.3, lw=1)
+        rows = summary.get("per_epoch_accuracy", {}).get(o) or []
+        if rows:
+            ax.plot(
+                [row["epoch"] for row in rows],
+                [row["accuracy_mean"] * 100 for row in rows],
+                marker="o",
+                ms=4,
+                lw=2,
+                color=COLORS[o],
+                label=f"{LABELS[o]} (mean of {rows[-1]['runs']})",
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.set_title(f"{ds}: {split} accuracy per epoch (thin: seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(fig_dir / "accuracy_vs_epoch.png", dpi=110)
+    plt.close(fig)
+
+    # accuracy vs training seconds (equal-time view)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for o in opts:
+        for j, r in enumerate(r for r in runs if r["optimizer"] == o):
+            pts = [(t, a * 100) for t, a in curve_seconds(r)]
+            ax.plot(
+                *zip(*pts, strict=True),
+                marker="o",
+                ms=3,
+                color=COLORS[o],
+                alpha=0.8,
+                label=LABELS[o] if j == 0 else None,
+            )
+    et = summary.get("equal_time")
+    if et:
+        ax.axvline(
+            et["budget_seconds"],
+            color="gray",
+            ls="--",
+            lw=1,
+            label=f"{LABELS[et['reference']]} time",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("training seconds (inside optimizer steps)")
+    ax.set_ylabel(f"{split} accuracy (%)")
+    ax.set_title(f"{ds}: accuracy vs training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(fig_dir / "accuracy_vs_seconds.png", dpi=110)
     plt.close(fig)
 
 

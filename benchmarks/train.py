@@ -8,15 +8,21 @@ Usage (see docs/guides/benchmarks.md)::
 Every (optimizer, seed) run trains a fresh model built under ``torch.manual_seed(seed)`` (the
 same initial weights for every optimizer) on batches drawn in a seed-determined order (the same
 for every optimizer), through a Lightning ``Trainer``. Each finished run is written to
-``OUT/runs/<optimizer>-seed<seed>.json`` at once and the aggregate files (summary.json,
-runs.csv, report.md, figures/) are refreshed; rerunning the same command skips runs whose JSON
-exists with the same configuration.
+``OUT/runs/<optimizer>-seed<seed>.json`` at once (``...-noise<p>-noiseseed<s>.json`` for a
+``--label-noise`` run, so clean and noisy runs never overwrite each other) and the aggregate
+files (summary.json, runs.csv, report.md, figures/) are refreshed; rerunning the same command
+skips runs whose JSON exists with the same configuration.
+
+Optimizers: ``sgd``, ``adam``, ``pso``, ``hgpso`` (HG-PSO with the tuned settings of
+``benchmarks.lit.DEFAULT_HPARAMS``) and ``hgpso-default`` (HG-PSO with ``hgpso.HGPSO``'s own
+defaults, 4 particles like the tuned entry).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -29,7 +35,7 @@ from typing import Any
 
 from benchmarks.datasets import DATA_MODULES, DATASETS, DatasetError
 from benchmarks.lit import DEFAULT_HPARAMS
-from benchmarks.metrics import OPTIMIZERS
+from benchmarks.metrics import OPTIMIZERS, machine_load
 
 # loss thresholds of Table 1 (trailing-mean training loss), per dataset
 DEFAULT_THRESHOLD = {"fashion-mnist": 0.4, "svhn": 0.5, "tiny-imagenet": 3.0, "digits": 0.3}
@@ -43,6 +49,13 @@ MODEL_NAMES = {
 
 def _none_or_float(s: str) -> float | None:
     return None if s.lower() in ("none", "null", "") else float(s)
+
+
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
+    return v
 
 
 def _bool(s: str) -> bool:
@@ -138,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only this many training examples (quick runs)",
     )
     p.add_argument(
+        "--label-noise",
+        type=_fraction,
+        default=0.0,
+        metavar="P",
+        help="symmetric label noise on the training set only (the evaluation set stays "
+        "clean): exactly round(P*n) training labels, chosen at random, are replaced by a label "
+        "drawn uniformly from the other classes (0 = clean labels)",
+    )
+    p.add_argument(
+        "--label-noise-seed",
+        type=int,
+        default=0,
+        help="seed of the label corruption, independent of --seeds: every optimizer and "
+        "every training seed sees the same corrupted labels",
+    )
+    p.add_argument(
         "--norm",
         choices=("group", "batch"),
         default="group",
@@ -173,7 +202,7 @@ def hparams_from_args(args: argparse.Namespace, optimizer: str) -> dict[str, Any
 
 def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str, Any]:
     """Everything that determines a run's result (a finished run with another config reruns)."""
-    return {
+    config: dict[str, Any] = {
         "dataset": args.dataset,
         "optimizer": optimizer,
         "seed": seed,
@@ -189,6 +218,21 @@ def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str,
         "device": args.device,
         "hparams": hparams_from_args(args, optimizer),
     }
+    if args.label_noise > 0:  # absent for clean runs: their configs stay as they always were
+        config["label_noise"] = {
+            "kind": "symmetric",
+            "fraction": args.label_noise,
+            "seed": args.label_noise_seed,
+        }
+    return config
+
+
+def run_key(args: argparse.Namespace, optimizer: str, seed: int) -> str:
+    """File stem of a run: ``<optimizer>-seed<seed>``, plus the noise for a noisy run."""
+    key = f"{optimizer}-seed{seed}"
+    if args.label_noise > 0:
+        key += f"-noise{args.label_noise:g}-noiseseed{args.label_noise_seed}"
+    return key
 
 
 def _hardware(device: str) -> str:
@@ -220,6 +264,59 @@ def _software() -> str:
     )
 
 
+def _labels_sha256(labels) -> str:
+    import numpy as np
+
+    return hashlib.sha256(labels.numpy().astype(np.int64).tobytes()).hexdigest()
+
+
+def label_noise_info(dm) -> dict[str, Any] | None:
+    """What the corruption of ``dm``'s training labels was (``None`` for clean labels)."""
+    if not getattr(dm, "label_noise", 0):
+        return None
+    mask = dm.train_noise_mask
+    return {
+        "kind": "symmetric",
+        "fraction": dm.label_noise,
+        "seed": dm.label_noise_seed,
+        "corrupted": int(mask.sum()),
+        "train_size": len(mask),
+        "noisy_labels_sha256": _labels_sha256(dm.train_set.y),
+    }
+
+
+def noise_fit(module, dm, max_examples: int | None) -> dict[str, Any]:
+    """How the final weights fit the corrupted training labels, on the final-loss subset.
+
+    ``accuracy_noisy_labels``/``accuracy_clean_labels``: agreement with the labels trained on
+    and with the true labels; on the corrupted examples only, ``memorized`` = the prediction is
+    the wrong label the model was taught, ``corrected`` = it is the true label.
+    """
+    import torch
+
+    idx = dm.train_eval_indices(max_examples)
+    noisy_y, clean_y = dm.train_set.y[idx], dm.train_clean_y[idx]
+    mask = dm.train_noise_mask[idx]
+    preds = []
+    was_training = module.model.training
+    module.model.eval()
+    with torch.no_grad():
+        for chunk in idx.split(dm.eval_batch_size):
+            x, _ = dm.train_set._batch(chunk)
+            preds.append(module.model(x.to(module.device)).argmax(dim=1).cpu())
+    module.model.train(was_training)
+    pred = torch.cat(preds)
+    n_bad = int(mask.sum())
+    return {
+        "examples": len(idx),
+        "corrupted_examples": n_bad,
+        "accuracy_noisy_labels": float((pred == noisy_y).float().mean()),
+        "accuracy_clean_labels": float((pred == clean_y).float().mean()),
+        "memorized": float((pred[mask] == noisy_y[mask]).float().mean()) if n_bad else None,
+        "corrected": float((pred[mask] == clean_y[mask]).float().mean()) if n_bad else None,
+    }
+
+
 def train_one(
     args: argparse.Namespace, dm, optimizer: str, seed: int, config: dict[str, Any]
 ) -> dict[str, Any]:
@@ -231,6 +328,7 @@ def train_one(
     from benchmarks.metrics import PeakMemory, Stopwatch, steps_to_threshold
     from benchmarks.models import build_model, count_parameters
 
+    machine_start = machine_load()
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.manual_seed(seed)
     model = build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
@@ -299,13 +397,17 @@ def train_one(
                 dm.train_eval_dataloader(args.final_loss_examples)
             )
             total_seconds = time.perf_counter() - t0
+    machine_end = machine_load()
+    noise = label_noise_info(dm)
+    if noise is not None:
+        noise["fit"] = noise_fit(module, dm, args.final_loss_examples)
 
     window = args.window or max(1, steps_per_epoch // 20)
     threshold = args.threshold
     stt = steps_to_threshold(module.losses, threshold, window)
     fb = module.forward_passes + module.backward_passes
     return {
-        "key": f"{optimizer}-seed{seed}",
+        "key": run_key(args, optimizer, seed),
         "dataset": args.dataset,
         "optimizer": optimizer,
         "seed": seed,
@@ -334,6 +436,15 @@ def train_one(
         "num_parameters": count_parameters(model),
         "losses": module.losses,
         "curve": module.curve,
+        # how the times were taken (optional on read: older run files lack it)
+        "machine": {
+            "torch_threads": torch.get_num_threads(),
+            "cpu_affinity_start": machine_start["cpu_affinity"],
+            "cpu_affinity_end": machine_end["cpu_affinity"],
+            "loadavg_1min_start": machine_start["loadavg_1min"],
+            "loadavg_1min_end": machine_end["loadavg_1min"],
+        },
+        "label_noise": noise,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -455,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         holdout=args.holdout,
         train_subset=args.train_subset,
         download=not args.no_download,
+        label_noise=args.label_noise,
+        label_noise_seed=args.label_noise_seed,
     )
     try:
         dm.setup()
@@ -487,13 +600,15 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss_examples": args.final_loss_examples,
         "eval_split": "holdout" if args.holdout else "test",
         "notes": args.notes,
+        "torch_threads": torch.get_num_threads(),
+        "label_noise": label_noise_info(dm),
     }
     jobs = [(o, s) for s in args.seeds for o in args.optimizers]
     runs: list[dict[str, Any]] = []
     todo = []
     for o, s in jobs:
         config = run_config(args, o, s)
-        path = runs_dir / f"{o}-seed{s}.json"
+        path = runs_dir / f"{run_key(args, o, s)}.json"
         done = None if args.force else _load_finished(path, config)
         if done is not None:
             print(f"skip {o} seed {s}: finished run found in {path}")
