@@ -11,7 +11,8 @@ round-robin; the median is reported. Printed side by side:
 * ``bytes/step``: payload this rank handed to collectives per step (losses + status +
   gradient checksum, and the flattened gradient all-reduce), counted in
   :mod:`hgpso.distributed`; a ring all-reduce moves about twice that over the wire;
-* ``swarm MiB/rank``: positions, velocities and personal bests held by one rank.
+* ``swarm MiB/rank``: the swarm state one rank holds (positions, velocities and the global
+  best; personal bests too when ``forget < 1``).
 
 Modes: ``replicated`` (one swarm on the global batch, the default of the optimizers) and
 ``independent`` (no communication: each rank its own swarm on its shard; the difference to

@@ -695,7 +695,7 @@ class SwarmOptimizer(Optimizer):
             ]
         ).tolist()
         self._adapt(n_improved / n, best_now)
-        pbests = self._accept_bests(improved)
+        pbests = self._accept_bests(improved, int(n_improved))
         if math.isfinite(gbest_loss):
             b = int(gbest_index)
             gbests = [pb[b].clone() for pb in pbests]  # one model's worth
@@ -769,7 +769,7 @@ class SwarmOptimizer(Optimizer):
     def _has_pbest(self) -> bool:
         return all("pbest" in self.state[p] for p in self._trainable())
 
-    def _accept_bests(self, improved: Tensor) -> list[Tensor]:
+    def _accept_bests(self, improved: Tensor, count: int) -> list[Tensor]:
         """The personal bests after this step (``pbest_i <- x_i`` for improved particles),
         as new tensors or as the unchanged stored ones; the state is not touched. With
         ``forget = 1`` they are the positions themselves (nothing is stored)."""
@@ -780,8 +780,7 @@ class SwarmOptimizer(Optimizer):
             olds = [x.clone() for x in positions]
         else:
             olds = self._all("pbest")
-        count = int(improved.sum()) if improved.numel() else 0
-        if count == 0:
+        if count == 0:  # ``count``: improved.sum(), already read on the host
             return olds
         if count == improved.numel():
             # every particle improved: the scored positions become the bests; they are

@@ -24,9 +24,10 @@ def test_scaling_smoke_counts_bytes_and_swarm_memory(tmp_path, capsys):
     assert rows[1]["bytes_per_step"] == 0
     # per step: the exchange (status, checksum, N losses as float64) + N*P float32 gradients
     assert rows[2]["bytes_per_step"] == (n + 2) * 8 + n * p * 4
-    # replicated: every rank holds positions, velocities and personal bests of all N
+    # replicated: every rank holds positions and velocities of all N and the global best
+    # (forget=1 stores no personal bests)
     for r in rows.values():
-        assert r["swarm_mib_per_rank"] * 2**20 == 3 * n * p * 4
+        assert r["swarm_mib_per_rank"] * 2**20 == (2 * n + 1) * p * 4
         assert r["steps_per_s"] > 0
     assert rows[1]["efficiency"] == 1.0
     assert "efficiency" in capsys.readouterr().out
