@@ -483,6 +483,15 @@ class SwarmOptimizer(Optimizer):
         Returns:
             The lowest loss any particle reached on this step's batch.
 
+        Raises:
+            RuntimeError: a parameter of the swarm was frozen (``requires_grad=False``) after
+                the swarm was created. The swarm's parameters are fixed at its first step, so
+                a later freeze is refused (nothing changes) rather than keep moving the
+                frozen parameter; unfreeze it, or create a new optimizer.
+
+        Whatever the closure or the update raises, the step is all or nothing: the swarm's
+        state is left as it was and the model back on the global best.
+
         After the step the model's parameters hold the swarm's global best, and ``p.grad``
         its gradient on this batch (see :meth:`_leave_gbest_grad`).
         """
