@@ -74,7 +74,7 @@ def hgpso_update(
 
     Returns:
         ``(new_positions, new_velocities)``. ``positions``, ``velocities``, ``pbests``,
-        ``gbests``, ``grads`` and ``r2`` are only read. **``r1`` is consumed**: once
+        ``gbests``, ``grads`` and ``r2`` are only read; ``r1`` **is consumed**: once
         :math:`r_1 \odot (p - x)` is formed its storage holds :math:`v'` and is returned, so
         the update needs one ``(N, *S)`` scratch tensor per parameter besides ``r1``,
         ``r2`` and the two results (the new positions are written into that scratch).
