@@ -46,9 +46,21 @@ def test_model_shapes_and_one_vectorized_swarm_step(dataset, shape, classes, par
         )
 
 
-def test_resnet_batchnorm_variant_is_refused_by_the_vectorized_path():
+def test_resnet_batchnorm_variant_trains_with_per_particle_statistics():
+    """The ``--norm batch`` ResNet-18 through the vectorized swarm path: the library keeps each
+    particle's running statistics, and after the step the model holds the best particle's."""
+    torch.manual_seed(0)
     model = build_model("tiny-imagenet", 5, 3, norm="batch")
+    bn = (
+        model.bn1
+        if hasattr(model, "bn1")
+        else next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    )
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    before = bn.running_mean.clone()
     opt = hgpso.HGPSO(model.parameters(), num_particles=2, seed=0)
-    x, y = torch.randn(1, 3, 64, 64), torch.randint(0, 5, (1,))
-    with pytest.raises(ValueError, match="running statistics"):
-        opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2,))
+    loss = opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
+    assert torch.isfinite(torch.as_tensor(loss))
+    assert int(bn.num_batches_tracked) == 1
+    assert not torch.equal(bn.running_mean, before)  # the best particle's statistics
