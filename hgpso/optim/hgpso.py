@@ -122,10 +122,46 @@ class HGPSO(SwarmOptimizer):
     :math:`\eta/(1-w)`), so ``lr`` and ``inertia`` behave like SGD's ``lr`` and
     ``momentum``; the swarm adds attraction toward personal and global bests.
 
+    **Learning-rate schedulers.** Every :mod:`torch.optim.lr_scheduler` class drives the
+    groups' ``lr``. In a param group ``momentum`` is another name for ``inertia``: writing
+    either sets both (the last write wins), and a group that gives both with different
+    values is refused. So :class:`~torch.optim.lr_scheduler.OneCycleLR` and
+    :class:`~torch.optim.lr_scheduler.CyclicLR` with their default
+    ``cycle_momentum=True`` cycle :math:`w` (``adaptive=True`` then scales the scheduled
+    value as above, like the scheduled ``lr``).
+
+    **Mixed precision.** bfloat16 autocast is supported:
+    ``torch.autocast(device_type, dtype=torch.bfloat16)`` inside the closure, or around
+    ``step`` (the step turns autocast's weight cache off while it scores particles, since
+    the weights change between them), and Lightning's ``precision="bf16-mixed"``. The
+    swarm state stays in the parameters' dtype. fp16 gradient scaling is refused with a
+    :class:`RuntimeError` that names bfloat16, before anything moves:
+    ``torch.amp.GradScaler.step`` can neither drive one closure call per particle nor
+    learn that a particle overflowed, and Lightning's ``precision="16-mixed"`` with a
+    scaler (as on CUDA) calls ``step`` without a closure. On CPU Lightning itself runs
+    ``"16-mixed"`` as ``"bf16-mixed"``. A ``GradScaler.step(optimizer, closure)`` with no
+    ``scaler.scale`` call before it fails inside torch (``_scale is None``) before the step
+    runs.
+
+    **Gradient accumulation** happens inside the closure: each particle's gradient is
+    summed over the micro-batches its loss is averaged over (``zero_grad()``, then
+    ``(loss_fn(model(xb), yb) / n).backward()`` for each of the ``n`` micro-batches, and
+    return the summed loss), which gives the full-batch step. Gradients that a
+    ``backward()`` outside the step left in ``p.grad`` (a hand-written accumulation loop,
+    Lightning's ``accumulate_grad_batches > 1``) belong to no particle: ``step`` refuses
+    them with a :class:`ValueError` instead of silently training on the last micro-batch.
+    Zeros (``zero_grad(set_to_none=False)``) and the gradients the previous step left are
+    fine.
+
+    **After a step** ``p.grad`` is the global best's gradient on this step's batch, as
+    the closure left it (clipped, if the closure clips); it is ``None`` when the global
+    best was not scored on this batch (no finite particle, or with ``forget < 1`` a best
+    kept from an earlier batch).
+
     Args:
         params: iterable of parameters or dicts defining parameter groups. Every group may
-            set ``lr``, ``inertia``, ``cognitive``, ``social``, ``max_velocity`` and
-            ``init_spread``; the others are swarm-wide.
+            set ``lr``, ``inertia`` (or its other name ``momentum``), ``cognitive``,
+            ``social``, ``max_velocity`` and ``init_spread``; the others are swarm-wide.
         lr: gradient scale :math:`\eta` (default: 1e-2).
         num_particles: swarm size :math:`N`; a step costs :math:`N` forward and backward
             passes (default: 8).

@@ -27,7 +27,10 @@ class PSO(SwarmOptimizer):
     :class:`~hgpso.HGPSO` (see its docstring); there is no learning rate. The closure only
     needs to return the loss; calling ``backward()`` in it is allowed (so Lightning's
     automatic optimization works) but wasted work. With a
-    :func:`hgpso.vectorized_closure`, only forward passes are run.
+    :func:`hgpso.vectorized_closure`, only forward passes are run. As in
+    :class:`~hgpso.HGPSO`, ``momentum`` names the groups' ``inertia``, gradients
+    accumulated before ``step`` are refused, and fp16 ``GradScaler`` is refused in favour
+    of bfloat16; after a step ``p.grad`` is ``None`` (no gradients are collected).
 
     Args:
         params: parameters or parameter groups (group keys: ``inertia``, ``cognitive``,

@@ -122,7 +122,7 @@ def _check_buffer(what: str, t: object, shape: tuple[int, ...], dtype: torch.dty
 _ALIASES = ("inertia", "momentum")
 
 
-class _ParamGroup(dict):  # type: ignore[type-arg]
+class _ParamGroup(dict):
     """A param group in which ``momentum`` is another name for ``inertia``.
 
     :class:`~torch.optim.lr_scheduler.OneCycleLR` and
@@ -142,7 +142,7 @@ class _ParamGroup(dict):  # type: ignore[type-arg]
         else:
             super().__setitem__(key, value)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -493,7 +493,7 @@ class SwarmOptimizer(Optimizer):
         state is left as it was and the model back on the global best.
 
         After the step the model's parameters hold the swarm's global best, and ``p.grad``
-        its gradient on this batch (see :meth:`_leave_gbest_grad`).
+        its gradient on this batch (``None`` when the global best was not scored on it).
         """
         closure = self._enter_step(closure)
         if closure is None:
