@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument(
+        "--include-finished",
+        action="store_true",
+        help="also put into the report every other finished run in OUT/runs made with the "
+        "same settings (any optimizer, any seed), without running anything more: e.g. one "
+        "PSO seed beside three seeds of the others",
+    )
     p.add_argument("--notes", default=None, help="text appended to report.md")
     for opt, hps in DEFAULT_HPARAMS.items():
         g = p.add_argument_group(f"{opt} hyperparameters")
@@ -522,6 +529,41 @@ def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def _paths(runs_dir: Path, runs: list[dict[str, Any]]) -> set[Path]:
+    return {runs_dir / f"{r['key']}.json" for r in runs}
+
+
+def _other_finished_runs(
+    args: argparse.Namespace, runs_dir: Path, taken: set[Path]
+) -> list[dict[str, Any]]:
+    """Finished runs in ``runs_dir`` outside this invocation's jobs made with the same settings
+    (``--include-finished``). Files with other settings or that do not parse are named and
+    left out (never re-run, never deleted)."""
+    found = []
+    for path in sorted(runs_dir.glob("*.json")):
+        if path in taken:
+            continue
+        try:
+            record = json.loads(path.read_text())
+            o, seed = record["optimizer"], record["seed"]
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+            print(f"not included: {path} is not a readable run record")
+            continue
+        if o not in OPTIMIZERS or not isinstance(seed, int) or path.stem != run_key(args, o, seed):
+            print(f"not included: {path} (another optimizer, seed or label noise)")
+            continue
+        missing = [k for k in _RUN_FIELDS if k not in record]
+        if missing or _bad_fields(record):
+            print(f"not included: {path} is incomplete")
+            continue
+        if record.get("config") != run_config(args, o, seed):
+            print(f"not included: {path} was made with other settings")
+            continue
+        print(f"include {o} seed {seed}: finished run found in {path}")
+        found.append(record)
+    return found
+
+
 def _strip_notes(argv: list[str]) -> list[str]:
     """The command line as recorded in the report, without the (long) --notes text."""
     out, skip = [], False
@@ -615,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(done)
         else:
             todo.append((o, s, config, path))
+
+    if args.include_finished:
+        runs += _other_finished_runs(args, runs_dir, {p for *_, p in todo} | _paths(runs_dir, runs))
 
     try:
         from tqdm.auto import tqdm

@@ -260,3 +260,32 @@ def test_timing_line_from_the_run_records():
     assert "## Label noise" not in text and "Training labels" not in text
     old = render_markdown(summarize(runs[2:], meta), meta)
     assert "thread count, CPU affinity and load were not recorded" in old
+
+
+def test_include_finished_adds_runs_made_with_the_same_settings(tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--dataset", "digits", "--epochs", "1", "--evals-per-epoch", "1", "--threads", "1",
+            "--pso-num-particles", "2", "--no-progress", "--no-figures"]  # fmt: skip
+    base += ["--out", str(out)]
+    assert main([*base, "--optimizers", "sgd", "--seeds", "0", "1"]) == 0
+    assert main([*base, "--optimizers", "pso", "--seeds", "0"]) == 0
+    assert main([*base, "--optimizers", "adam", "--seeds", "0", "--adam-lr", "0.003"]) == 0
+    assert main([*base, "--optimizers", "adam", "--seeds", "1", "--label-noise", "0.2"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    capsys.readouterr()
+    assert main([*base, "--optimizers", "sgd", "--seeds", "0", "1", "--include-finished"]) == 0
+    printed = capsys.readouterr().out
+    assert "done" not in printed and printed.count("skip sgd") == 2
+    assert "include pso seed 0: finished run found in" in printed
+    assert f"not included: {out / 'runs' / 'adam-seed0.json'} was made with other settings" in (
+        printed
+    )
+    assert "adam-seed1-noise0.2-noiseseed0.json (another optimizer, seed or label noise)" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["optimizers"]) == ["sgd", "pso"]
+    assert summary["optimizers"]["pso"]["num_runs"] == 1
+    assert summary["optimizers"]["sgd"]["num_runs"] == 2
+    # without the flag the report holds this invocation's runs only
+    assert main([*base, "--optimizers", "sgd", "--seeds", "0", "1"]) == 0
+    assert list(json.loads((out / "summary.json").read_text())["optimizers"]) == ["sgd"]
