@@ -110,6 +110,27 @@ def test_closure_and_vectorized_paths_agree_with_batchnorm(path, chunk_size, for
     assert "pbest_buffers" in a.state["swarm"] or forget == 1.0
 
 
+@pytest.mark.parametrize("path", ["vmap", "loop"])
+def test_gradient_free_pso_keeps_per_particle_statistics_in_every_path(path):
+    torch.manual_seed(13)
+    model = bn_mlp()
+    model2 = copy.deepcopy(model)
+    x, y = torch.randn(12, 10), torch.randint(0, 3, (12,))
+    a = hgpso.PSO(model.parameters(), num_particles=4, init_spread=0.2, seed=2)
+    b = hgpso.PSO(model2.parameters(), num_particles=4, init_spread=0.2, seed=2)
+
+    def plain():
+        return F.cross_entropy(model(x), y)
+
+    for _ in range(3):
+        a.step(plain)
+        b.step(hgpso.vectorized_closure(model2, F.cross_entropy, x, y, strategy=path))
+    for name, rows in a.state["swarm"]["buffers"].items():
+        torch.testing.assert_close(b.state["swarm"]["buffers"][name], rows)
+    assert_model_holds_gbest(a, model)
+    assert_model_holds_gbest(b, model2)
+
+
 def test_personal_best_keeps_the_buffers_of_its_own_position():
     """With forget < 1 a best can be an older position: its buffers are the ones that
     position's forward pass left, not the particle's latest."""
