@@ -1,23 +1,30 @@
-"""Data-parallel scaling of HGPSO over torch.distributed processes (gloo on CPU).
+"""Scaling of HGPSO over torch.distributed processes (gloo on CPU): data- and particle-parallel.
 
 Runs HGPSO on the Fashion-MNIST CNN for each world size ``W`` (1 and 2 by default), swarm
-size ``N`` and mode, one torch thread per process, with a fixed global batch split evenly
-over the ranks (strong scaling: the same work per step, shared by more processes). The
+size ``N`` and mode, one torch thread per process, with a fixed global batch of ``N``
+particles' work per step shared by more processes (strong scaling): split evenly over the
+ranks by data (``replicated``, ``independent``) or by particles (``sharded``: every rank
+scores its ``N/W`` particles on the whole batch). The
 configurations are run one after another and the whole sweep is repeated ``--rounds`` times
 round-robin; the median is reported. Printed side by side:
 
 * ``steps/s`` of the global batch, and ``efficiency`` = steps/s(W) / (W * steps/s(W=1))
   for the same N and mode (1.0 is perfect scaling);
-* ``bytes/step``: payload this rank handed to collectives per step (losses + status +
-  gradient checksum, and the flattened gradient all-reduce), counted in
-  :mod:`hgpso.distributed`; a ring all-reduce moves about twice that over the wire;
+* ``bytes/step``: payload this rank handed to collectives per step, counted in
+  :mod:`hgpso.distributed` (replicated: losses + status + gradient checksum, and the
+  flattened gradient all-reduce; sharded: its slice of the losses + status + batch
+  fingerprint, and the broadcast of the global best's weights and gradient); a ring
+  all-reduce moves about twice that over the wire;
 * ``swarm MiB/rank``: the swarm state one rank holds (positions, velocities and the global
-  best; personal bests too when ``forget < 1``).
+  best; personal bests too when ``forget < 1``): about ``N/W`` particles' worth when sharded.
 
-Modes: ``replicated`` (one swarm on the global batch, the default of the optimizers) and
+Modes: ``replicated`` (one swarm on the global batch, the default of the optimizers),
 ``independent`` (no communication: each rank its own swarm on its shard; the difference to
-``replicated`` is the cost of agreeing). Step time does not depend on the pixel values, so
-the images are synthetic tensors of Fashion-MNIST's shape (1x28x28, 10 classes).
+``replicated`` is the cost of agreeing) and ``sharded`` (each rank holds and scores its
+slice of the particles on the whole batch). ``efficiency`` is always relative to
+``replicated`` at ``W = 1``; ``sharded`` at ``W = 1`` shows the cost of its per-particle
+random streams alone. Step time does not depend on the pixel values, so the images are
+synthetic tensors of Fashion-MNIST's shape (1x28x28, 10 classes).
 
 Usage (on an otherwise idle machine; do not time on a loaded one)::
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import signal
 import statistics
@@ -47,7 +55,7 @@ import torch.nn.functional as F
 import hgpso
 from benchmarks.models import FashionCNN
 
-MODES = ("replicated", "independent")
+MODES = ("replicated", "independent", "sharded")
 
 
 def _worker(rank: int, world_size: int, out_dir: str, cfg: dict[str, Any]) -> None:
@@ -66,8 +74,10 @@ def _worker(rank: int, world_size: int, out_dir: str, cfg: dict[str, Any]) -> No
         opt = hgpso.HGPSO(
             model.parameters(), num_particles=cfg["particles"], distributed=cfg["mode"], seed=0
         )
-        local = cfg["batch"] // world_size
-        g = torch.Generator().manual_seed(rank)
+        sharded = cfg["mode"] == "sharded"
+        # sharded: every rank scores its particles on the whole (same) batch
+        local = cfg["batch"] if sharded else cfg["batch"] // world_size
+        g = torch.Generator().manual_seed(0 if sharded else rank)
         x = torch.randn(local, 1, 28, 28, generator=g)
         y = torch.randint(0, 10, (local,), generator=g)
 
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for mode in args.modes
         for w in args.world_sizes
         if not (w == 1 and mode == "independent")  # the same run as replicated at W = 1
+        and not (mode == "sharded" and n < w)  # sharding needs a particle per rank
     ]
     samples: dict[tuple[int, int, str], list[dict[str, Any]]] = {c: [] for c in configs}
     for _ in range(args.rounds):
@@ -174,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for (w, n, mode), runs in samples.items():
         rate = statistics.median(r["steps_per_s"] for r in runs)
-        base = statistics.median(r["steps_per_s"] for r in samples[(1, n, "replicated")])
+        # the baseline: replicated at W = 1 (this mode at W = 1 when replicated did not run)
+        baseline = samples.get((1, n, "replicated")) or samples.get((1, n, mode))
+        base = statistics.median(r["steps_per_s"] for r in baseline) if baseline else math.nan
         rows.append(
             {
                 "world_size": w,
@@ -189,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = os.getloadavg()
     print(
         f"HGPSO on the Fashion-MNIST CNN, gloo on CPU, 1 thread/process, global batch "
+        f"(sharded: the whole batch on every rank) "
         f"{args.batch}, {args.steps} steps x {args.rounds} rounds (median); "
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )

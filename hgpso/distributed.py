@@ -32,9 +32,40 @@ other ranks are in DDP's own all-reduce; they are released when the failing proc
 which ``torchrun`` and Lightning do, or by the process group's timeout, and then name the
 rank that failed first, which records its error in the process group's store.)
 
+``distributed="sharded"`` splits the *particles* instead of the data, for models where
+:math:`N` copies do not fit one device: rank :math:`r` of :math:`W` stores and scores only
+the contiguous slice :func:`shard_bounds` gives it (:math:`\lceil N/W \rceil` or
+:math:`\lfloor N/W \rfloor` particles: the first :math:`N \bmod W` ranks hold one more), so
+its positions, velocities, personal bests and per-particle buffers take about :math:`1/W` of
+the unsharded memory; the global best (weights, buffers, loss) is kept on every rank. Every
+rank must score its particles **on the same batch** (the losses of different particles are
+compared with each other, so they must be losses on the same data): give every rank the
+whole batch, not a :class:`~torch.utils.data.DistributedSampler` shard. Per step the ranks
+
+- all-gather their slices of the losses (padded to :math:`\lceil N/W \rceil`, plus each
+  rank's status and a fingerprint of its batch: one collective of
+  :math:`\lceil N/W \rceil + 2` numbers per rank), so every rank holds all :math:`N` losses
+  and computes the same arg-min (ties: the lowest particle index); a particle whose loss or
+  gradient is not finite is sent as NaN, so every rank re-seeds the same particles;
+- check the batch fingerprints, when they are known (:func:`hgpso.vectorized_closure`
+  computes one from its inputs and targets; a plain closure's batch cannot be seen): ranks
+  that scored different batches raise :class:`ValueError` on every rank, naming them;
+- broadcast the new global best (its weights, and its gradient for HGPSO) from the rank that
+  owns it, and its per-particle buffers when the model has any, only when it changed.
+
+Gradients are never averaged in this mode (each rank's gradients belong to its own
+particles), so a model wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` is
+refused at the first forward pass of a step. Random numbers (initial scatter,
+:math:`r_1, r_2`, re-seeding) come from one stream per particle
+(``hgpso.optim.random.ParticleRandom``), so particle :math:`i` draws the same numbers
+whatever :math:`W` is and a sharded run on :math:`W` ranks equals a sharded run in one
+process; these streams differ from the one stream of the unsharded modes, so a sharded run
+is not number-for-number the replicated one.
+
 ``distributed="independent"`` opts out: each rank keeps its own swarm and nothing is
 exchanged. With no process group initialized, or a group of one process, nothing here runs
-at all: :meth:`SwarmComm.resolve` returns ``None`` and the optimizer's step has no extra work.
+at all: :meth:`SwarmComm.resolve` returns ``None`` and the optimizer's step has no extra work
+(a ``"sharded"`` swarm then holds all :math:`N` particles, with its per-particle streams).
 """
 
 from __future__ import annotations
@@ -47,10 +78,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["BUCKET_BYTES", "MODES", "Mode", "SwarmComm", "SwarmPeerError"]
+__all__ = ["BUCKET_BYTES", "MODES", "Mode", "SwarmComm", "SwarmPeerError", "shard_bounds"]
 
-Mode = Literal["replicated", "independent"]
-MODES: tuple[str, ...] = ("replicated", "independent")
+Mode = Literal["replicated", "independent", "sharded"]
+MODES: tuple[str, ...] = ("replicated", "independent", "sharded")
 
 #: gradients are all-reduced in buckets of at most this many bytes (DDP's default size)
 BUCKET_BYTES = 25 * 2**20
@@ -71,6 +102,15 @@ class SwarmPeerError(RuntimeError):
             f"rank {which} of the swarm's process group failed while scoring particles "
             f"({detail}); this rank stops too, so the replicas stay identical"
         )
+
+
+def shard_bounds(num_particles: int, world_size: int, rank: int) -> tuple[int, int]:
+    """``(start, stop)``: the particles rank ``rank`` of ``world_size`` owns under
+    ``distributed="sharded"``. Contiguous, in rank order; the first ``num_particles %
+    world_size`` ranks hold one particle more than the others."""
+    base, extra = divmod(num_particles, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
 
 def check_mode(mode: object) -> Mode:
@@ -108,7 +148,9 @@ class SwarmComm:
         )
         self.bytes_communicated = 0
         self.collectives = 0
-        self.num_particles = 0  # set by check_config; every rank sends this many losses
+        self.num_particles = 0  # set by check_config
+        #: ``(start, stop)`` of every rank's particles (sharded mode; set by check_config)
+        self.bounds: list[tuple[int, int]] = []
         self.steps = 0  # exchanges so far (ranks step in lock-step, so the same everywhere)
         _created[0] += 1
         self._namespace = f"hgpso.swarm/{_created[0]}"
@@ -170,6 +212,17 @@ class SwarmComm:
                     f"the ranks of the swarm's process group disagree on the {label}{hint}: "
                     f"{per_rank}"
                 )
+        if self.mode == "sharded":
+            if num_particles < self.world_size:
+                raise ValueError(
+                    f"distributed='sharded' gives every rank at least one particle, but "
+                    f"num_particles={num_particles} is smaller than the process group's "
+                    f"{self.world_size} ranks: use num_particles >= {self.world_size}, fewer "
+                    "ranks, or distributed='replicated'"
+                )
+            self.bounds = [
+                shard_bounds(num_particles, self.world_size, r) for r in range(self.world_size)
+            ]
 
     def agree_start(self, params: Sequence[Tensor], seed: int) -> int:
         """Broadcast rank 0's parameters (in place) and seed; return the agreed seed."""
@@ -195,41 +248,89 @@ class SwarmComm:
         losses: Tensor | None,
         grads: list[Tensor] | None,
         error: BaseException | None = None,
+        fingerprint: float | None = None,
     ) -> tuple[Tensor, list[Tensor] | None]:
         """Agree on the step's losses and gradients, or fail together.
 
         Every rank calls this once per step, after scoring its particles: with its
-        ``losses`` (``(N,)``) and ``grads`` (``(N, *S)`` per parameter, or ``None``), or
-        with ``error`` when its own scoring raised (``losses`` is then ignored and the
-        caller re-raises ``error`` after this returns). If any rank failed, the others raise
-        :class:`SwarmPeerError` naming it. Otherwise the losses come back averaged over
-        ranks, and the gradients averaged in place unless they already agree.
+        ``losses`` and ``grads`` (``(M, *S)`` per parameter, or ``None``), or with ``error``
+        when its own scoring raised (``losses`` is then ignored and the caller re-raises
+        ``error`` after this returns). If any rank failed, the others raise
+        :class:`SwarmPeerError` naming it.
+
+        Replicated mode: ``M = N``; the losses come back averaged over ranks, and the
+        gradients averaged in place unless they already agree. Sharded mode: ``M`` is this
+        rank's share; the result is all ``N`` losses in particle order (the same tensor on
+        every rank) and ``grads`` untouched. ``fingerprint`` (sharded mode: a number
+        computed from the batch, or ``None`` when unknown) must agree across the ranks that
+        give one, or every rank raises :class:`ValueError`.
         """
-        n = self.num_particles
-        # [status, gradient checksum, losses...]: one all-gather of N + 2 numbers
-        mine = torch.zeros(n + 2, dtype=torch.float64, device=self.device)
+        sharded = self.mode == "sharded"
+        width = max(b - a for a, b in self.bounds) if sharded else self.num_particles
+        # [status, checksum or fingerprint, losses...]: one all-gather of width + 2 numbers
+        mine = torch.zeros(width + 2, dtype=torch.float64, device=self.device)
         if error is not None:
             mine[0] = 1.0
         else:
             assert losses is not None
-            if grads:
+            if sharded:
+                mine[1] = math.nan if fingerprint is None else fingerprint
+            elif grads:
                 mine[1] = _checksum(grads).to(self.device)
-            mine[2:] = losses.detach().to(self.device, torch.float64)
+            mine[2 : 2 + losses.numel()] = losses.detach().to(self.device, torch.float64)
         self.steps += 1
         rows = self._all_gather(mine)
-        table = torch.stack(rows)  # (W, N + 2), the same on every rank
+        table = torch.stack(rows)  # (W, width + 2), the same on every rank
         status = table[:, 0].tolist()
         failed = [r for r, s in enumerate(status) if s != 0.0]
         if failed:
             self._raise_for(failed, error)
         if error is not None or losses is None:
             return torch.empty(0), None  # unreachable for a healthy caller: it re-raises
+        if sharded:
+            self._check_fingerprints(table[:, 1].tolist())
+            parts = [table[r, 2 : 2 + b - a] for r, (a, b) in enumerate(self.bounds)]
+            return torch.cat(parts).to(losses.device, torch.float32), grads
         # the sum in rank order, done identically on every rank, so the result is bitwise equal
         mean = table[:, 2:].sum(0) / self.world_size
         out = mean.to(losses.device, torch.float32)
         if grads and not _same_everywhere(table[:, 1].tolist()):
             self.average_(grads)
         return out, grads
+
+    def _check_fingerprints(self, prints: list[float]) -> None:
+        """Sharded mode: raise on every rank if the ranks that know their batch's
+        fingerprint scored different batches."""
+        known = [(r, f) for r, f in enumerate(prints) if math.isfinite(f)]
+        if len(known) < 2 or _same_everywhere([f for _, f in known]):
+            return
+        shown = ", ".join(f"rank {r}: {f:.17g}" for r, f in known)
+        raise ValueError(
+            "distributed='sharded' compares the losses of particles scored on different "
+            "ranks, so every rank must score its particles on the same batch, but the ranks' "
+            f"batches differ (fingerprints of inputs and targets: {shown}). Give every rank "
+            "the whole batch (no DistributedSampler shard), or use distributed='replicated'. "
+            "Nothing was changed."
+        )
+
+    def broadcast_from(self, owner: int, tensors: Sequence[Tensor]) -> None:
+        """Overwrite ``tensors`` on every rank with the group rank ``owner``'s (in place;
+        flattened into buckets of at most :data:`BUCKET_BYTES` of one dtype each)."""
+        with torch.no_grad():
+            for bucket in _buckets(list(tensors)):
+                flat = torch.cat([t.reshape(-1) for t in bucket])
+                if flat.device != self.device and self.device.type == "cuda":
+                    flat = flat.to(self.device)
+                self._count(flat)
+                dist.broadcast(flat, src=self._global(owner), group=self.group)
+                _unflatten_into(flat, bucket)
+
+    def owner_of(self, particle: int) -> int:
+        """Sharded mode: the group rank that holds ``particle``."""
+        for r, (a, b) in enumerate(self.bounds):
+            if a <= particle < b:
+                return r
+        raise IndexError(f"particle {particle} is out of range for N={self.num_particles}")
 
     def report_failure(self, error: BaseException) -> None:
         """Join this step's exchange as a failed rank, so the others raise

@@ -46,6 +46,10 @@ class EvaluationRequest:
         grads: filled by a vectorized closure when ``need_grads``: one tensor per param.
         new_buffers: filled by every path when ``buffer_targets`` is not empty: each
             particle's buffers after its forward pass, aligned with ``buffer_targets``.
+        want_fingerprint: set by a swarm sharded over ranks, which checks that every rank
+            scored the same batch.
+        batch_fingerprint: then filled by a vectorized closure: a float64 digest of its
+            inputs and targets (a plain closure's batch cannot be seen: ``None``).
     """
 
     params: list[Tensor]
@@ -61,6 +65,8 @@ class EvaluationRequest:
     new_buffers: list[Tensor] | None = None
     #: true while a vectorized closure is answering (a watch around the call stands aside)
     vectorizing: bool = False
+    want_fingerprint: bool = False
+    batch_fingerprint: float | None = None
 
     @property
     def fulfilled(self) -> bool:

@@ -81,6 +81,21 @@ class VectorizedClosure:
         # the caller reads the request; the return value only feeds wrappers that log it
         return request.losses.min()
 
+    def fingerprint(self) -> float:
+        """A float64 digest of the inputs and targets (sums and L1 norms, with their
+        sizes), compared across ranks by a sharded swarm: equal batches give equal digests."""
+        total = torch.zeros((), dtype=torch.float64)
+        for k, t in enumerate((*self.inputs, self.targets)):
+            if not isinstance(t, Tensor):
+                continue
+            d = t.detach()
+            d = d.to(torch.float64) if not d.is_floating_point() else d
+            s = d.sum(dtype=torch.float64) + (k + 1) * torch.linalg.vector_norm(
+                d, 1, dtype=torch.float64
+            )
+            total = total + s.cpu() + d.numel()
+        return float(total)
+
     def resolved_strategy(self, device: torch.device) -> Literal["vmap", "loop"]:
         """The strategy ``"auto"`` stands for on ``device``."""
         if self.strategy != "auto":
@@ -89,6 +104,8 @@ class VectorizedClosure:
 
     def evaluate(self, request: EvaluationRequest) -> tuple[Tensor, list[Tensor] | None]:
         """Score every particle of ``request``; fill ``request.new_buffers`` too."""
+        if request.want_fingerprint:
+            request.batch_fingerprint = self.fingerprint()
         request.vectorizing = True
         try:
             return self._evaluate(request)

@@ -193,9 +193,20 @@ class HGPSO(SwarmOptimizer):
             all particles, losses (and gradients not already all-reduced by DDP) are
             averaged over ranks each step, and rank 0's weights and seed are broadcast when
             the optimizer is built, so replicas stay identical. ``"independent"``: no
-            communication, one swarm per rank. Without a process group (or with one
-            process) both mean the same and cost nothing. See :mod:`hgpso.distributed`
-            (default: ``"replicated"``).
+            communication, one swarm per rank. ``"sharded"``: the particles are split over
+            the ranks, for models whose :math:`N` copies do not fit one device; rank
+            :math:`r` stores and scores only its contiguous share (about :math:`N/W`
+            particles, so about :math:`1/W` of the swarm's memory), **every rank must score
+            on the same batch**, the ranks exchange their losses and the owner of the new
+            global best sends its weights; it needs ``num_particles`` at least the number of
+            ranks, a plain (not DDP-wrapped) model, and draws its randoms from one stream
+            per particle, so that any number of ranks gives the same swarm as one process
+            with ``"sharded"`` (but not the same as ``"replicated"``). One argument names
+            what the ranks share, rather than a separate ``shard_particles`` flag whose
+            combination with ``"independent"`` would mean nothing. Without a process group
+            (or with one process) ``"replicated"`` and ``"independent"`` mean the same and
+            cost nothing, and ``"sharded"`` holds all particles. See
+            :mod:`hgpso.distributed` (default: ``"replicated"``).
         process_group: the group to share the swarm over (default: ``None``, the default
             group when ``torch.distributed`` is initialized).
 

@@ -42,7 +42,9 @@ class PSO(SwarmOptimizer):
         init_spread: standard deviation of the initial scatter (default: 0.05).
         **kwargs: the swarm-wide options of :class:`~hgpso.HGPSO` (``forget``,
             ``adaptive``, ``ema_beta``, ``tol``, ``patience``, ``seed``, ``fused``,
-            ``distributed``, ``process_group``, ...).
+            ``distributed``, ``process_group``, ...). ``distributed="sharded"`` splits the
+            particles over the ranks as for :class:`~hgpso.HGPSO` (only losses and the
+            global best's weights are exchanged: PSO has no gradients to send).
     """
 
     uses_gradients = False

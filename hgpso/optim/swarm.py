@@ -31,6 +31,13 @@ in ``p``'s dtype and device:
     ``gbest_buffers`` (``B``, the global best's: what the model holds after a step) and,
     only when ``forget < 1``, ``pbest_buffers`` (``(N, *B)``, each personal best's).
 
+Under ``distributed="sharded"`` (see :mod:`hgpso.distributed`) rank ``r`` holds only its
+particles ``start..stop`` (``_rows``): ``position``, ``velocity``, ``pbest``, ``buffers`` and
+``pbest_buffers`` have ``stop - start`` rows instead of ``N``, row ``j`` being particle
+``start + j``; ``gbest``, ``gbest_buffers`` and the swarm-wide entries (``pbest_losses`` of all
+``N`` particles included) are the same on every rank. ``state["swarm"]["shard"]`` records
+``world_size``, ``rank``, ``start`` and ``stop``, and ``rng_state`` the per-particle streams.
+
 A step is atomic: the new positions, velocities, personal and global bests are computed
 into new tensors, and only when everything has succeeded are they swapped into
 ``optimizer.state`` (plain reference assignments); a failure anywhere before leaves the state
@@ -54,7 +61,7 @@ from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
 from hgpso.evaluate.buffers import BufferWatch, resolve, running_stat_modules
 from hgpso.evaluate.request import active_request
-from hgpso.optim.random import SwarmRandom
+from hgpso.optim.random import ParticleRandom, SwarmRandom
 
 __all__ = ["SwarmOptimizer"]
 
@@ -108,7 +115,6 @@ def _check_number(
         raise ValueError(f"invalid {name}: {value!r}, expected a value in {lo}{low}, {high}]")
 
 
-
 def _check_buffer(what: str, t: object, shape: tuple[int, ...], dtype: torch.dtype) -> None:
     """A saved per-particle buffer tensor must have the live buffer's shape and dtype."""
     if not isinstance(t, Tensor):
@@ -117,6 +123,7 @@ def _check_buffer(what: str, t: object, shape: tuple[int, ...], dtype: torch.dty
         raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if t.dtype != dtype:
         raise ValueError(f"{what} has dtype {t.dtype}, expected {dtype}")
+
 
 #: names of one group value: torch's schedulers cycle ``momentum``, the swarm calls it ``inertia``
 _ALIASES = ("inertia", "momentum")
@@ -180,6 +187,16 @@ def _mark_grads(params: list[Tensor]) -> None:
             p.grad._hgpso_version = p.grad._version  # type: ignore[attr-defined]
 
 
+def _refuse_ddp(module: torch.nn.Module, args: Any) -> None:
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        raise RuntimeError(
+            "distributed='sharded' cannot score particles through a DistributedDataParallel "
+            "model: DDP averages gradients over ranks, but each rank scores its own "
+            "particles. Pass the plain model (every rank needs the whole batch), or use "
+            "distributed='replicated' with DDP"
+        )
+
+
 class SwarmOptimizer(Optimizer):
     """Common machinery of the particle-swarm optimizers (not used directly)."""
 
@@ -228,6 +245,12 @@ class SwarmOptimizer(Optimizer):
         if fused not in (None, True, False):
             raise ValueError(f"fused must be None, True or False, got {fused!r}")
         mode = distributed_.check_mode(distributed)
+        if mode == "sharded" and fused:
+            raise ValueError(
+                "fused=True cannot be combined with distributed='sharded': the fused kernel's "
+                "counter-based randoms depend on a particle's row in its tensor, which "
+                "sharding changes; use fused=None or fused=False"
+            )
         defaults = _merge_aliases(defaults, "the defaults")
         for key, value in defaults.items():
             self._validate_value(key, value)
@@ -250,6 +273,12 @@ class SwarmOptimizer(Optimizer):
         self.seed = seed
         self.fused = fused
         self._random: SwarmRandom | None = None
+        #: ``distributed="sharded"``: this rank holds particles ``_rows`` (all of them otherwise)
+        self._sharded = mode == "sharded"
+        self.distributed = mode
+        self._rows = range(num_particles)
+        #: sharded: the global best's gradient, sent with its weights (for p.grad)
+        self._gbest_grad: list[Tensor] | None = None
         devices = {p.device for p in self._trainable()}
         if len(devices) > 1:
             raise ValueError(
@@ -275,6 +304,8 @@ class SwarmOptimizer(Optimizer):
             if self.seed is None:
                 self.seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
             self.seed = self._comm.agree_start(params, self.seed)
+            if self._sharded:
+                self._rows = range(*self._comm.bounds[self._comm.rank])
 
     # ----------------------------------------------------------------- validation
     def _validate_value(self, key: str, value: Any) -> None:
@@ -336,12 +367,16 @@ class SwarmOptimizer(Optimizer):
 
     @property
     def random(self) -> SwarmRandom:
-        """The swarm's own random stream (initial scatter, ``r1``, ``r2``, re-seeding)."""
+        """The swarm's own random stream (initial scatter, ``r1``, ``r2``, re-seeding): one
+        for the whole swarm, or one per particle when ``distributed="sharded"``."""
         if self._random is None:
             seed = self.seed
             if seed is None:  # follow torch.manual_seed, like torch's own initialisers
                 seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-            self._random = SwarmRandom(self._device(), seed)
+            if self._sharded:
+                self._random = ParticleRandom(self._device(), seed, self._rows)
+            else:
+                self._random = SwarmRandom(self._device(), seed)
         return self._random
 
     @property
@@ -357,14 +392,14 @@ class SwarmOptimizer(Optimizer):
         n = self.num_particles
         self._members = {id(p) for p in self._trainable()}
         try:
-            self._allocate_swarm(rng, n)
+            self._allocate_swarm(rng, self._rows)
         except (RuntimeError, MemoryError) as error:
             for p in self._trainable():
                 self.state.pop(p, None)
             self._members = None
             if isinstance(error, RuntimeError) and "memory" not in str(error).lower():
                 raise
-            raise RuntimeError(self._out_of_memory_message(n)) from error
+            raise RuntimeError(self._out_of_memory_message(len(self._rows))) from error
         self.state[_SWARM] = {
             "step": 0,
             "pbest_losses": torch.full((n,), math.inf, device=self._device()),
@@ -372,7 +407,19 @@ class SwarmOptimizer(Optimizer):
             **_SWARM_DEFAULTS,
             "kernel_seed": rng.integer(),
         }
+        if self._sharded:
+            self.state[_SWARM]["shard"] = self._shard_info()
         self._reset_buffer_tracking(from_checkpoint=False)
+
+    def _shard_info(self) -> dict[str, int]:
+        """Which slice of the swarm this rank holds (sharded mode), as saved in checkpoints."""
+        comm = self._comm
+        return {
+            "world_size": 1 if comm is None else comm.world_size,
+            "rank": 0 if comm is None else comm.rank,
+            "start": self._rows.start,
+            "stop": self._rows.stop,
+        }
 
     def _keeps_pbest(self) -> bool:
         """Whether personal bests are stored: only with memory across batches (``forget < 1``);
@@ -380,6 +427,7 @@ class SwarmOptimizer(Optimizer):
         return self.forget < 1.0
 
     def _out_of_memory_message(self, n: int) -> str:
+        """``n``: the particles this process holds (all ``N`` unless sharded)."""
         params = self._trainable()
         count = sum(p.numel() for p in params)
         per_copy = sum(p.numel() * p.element_size() for p in params)
@@ -394,18 +442,22 @@ class SwarmOptimizer(Optimizer):
             "and temporaries; lower num_particles"
         )
 
-    def _allocate_swarm(self, rng: SwarmRandom, n: int) -> None:
+    def _allocate_swarm(self, rng: SwarmRandom, rows: range) -> None:
         """Per-parameter state: ``position``, ``velocity`` (and ``pbest`` when
-        ``forget < 1``) of shape ``(N, *S)``, ``gbest`` of shape ``S``."""
+        ``forget < 1``) of shape ``(M, *S)`` for the ``M`` particles of ``rows`` (all ``N``
+        unless sharded), ``gbest`` of shape ``S``."""
+        n = len(rows)
+        first = 1 if rows.start == 0 else 0  # particle 0 is the model as given
+        scattered = rows[first:]
         with torch.no_grad():
             for group in self.param_groups:
                 for p in self._group_trainable(group):
                     if p.is_sparse:
                         raise RuntimeError("HGPSO does not support sparse parameters")
                     position = p.detach().unsqueeze(0).repeat((n,) + (1,) * p.dim())
-                    # particle 0 is the model as given; the others scatter around it
-                    noise = rng.normal((n - 1, *p.shape), p.dtype)
-                    F.perturb_([position[1:]], [p.detach()], group["init_spread"], [noise])
+                    # the others scatter around it
+                    noise = rng.normal((n - first, *p.shape), p.dtype, rows=scattered)
+                    F.perturb_([position[first:]], [p.detach()], group["init_spread"], [noise])
                     self.state[p] = {
                         "position": position,
                         "velocity": torch.zeros_like(position),
@@ -511,11 +563,15 @@ class SwarmOptimizer(Optimizer):
         request = self._evaluation_request(params)
         try:
             losses, grads = evaluate_particles(closure, request)
-            if losses.shape != (self.num_particles,):
+            if losses.shape != (len(self._rows),):
                 raise ValueError(
-                    f"expected {self.num_particles} particle losses, got shape "
-                    f"{tuple(losses.shape)}"
+                    f"expected {len(self._rows)} particle losses, got shape {tuple(losses.shape)}"
                 )
+            if self._sharded:
+                # the NaN guard on this rank's own particles, whose gradients no other rank
+                # sees: an invalid particle's loss is sent as NaN, so all ranks agree on it
+                valid = self._valid_particles(losses, grads)
+                losses = torch.where(valid, losses, math.nan)
         except BaseException as error:
             # the model goes back to the last good global best; the swarm is untouched
             self._write_gbest_into_params()
@@ -525,7 +581,9 @@ class SwarmOptimizer(Optimizer):
         if self._comm is not None:
             # distributed: losses (and gradients) averaged over ranks; raises if a peer failed
             try:
-                losses, grads = self._comm.exchange(losses, grads)
+                losses, grads = self._comm.exchange(
+                    losses, grads, fingerprint=request.batch_fingerprint
+                )
             except BaseException:
                 self._write_gbest_into_params()
                 raise
@@ -586,7 +644,24 @@ class SwarmOptimizer(Optimizer):
                 torch.set_autocast_cache_enabled(cache)
                 _mark_grads(params)
 
-        return scored
+        if not self._sharded or self._comm is None:
+            return scored
+        first = [True]
+
+        def scored_refusing_ddp() -> Any:
+            # sharded: a DDP model would average the gradients of different particles (and
+            # deadlock when ranks hold different numbers of them): refuse it at its first
+            # forward pass of the step, before DDP communicates
+            if not first[0]:
+                return scored()
+            first[0] = False
+            hook = torch.nn.modules.module.register_module_forward_pre_hook(_refuse_ddp)
+            try:
+                return scored()
+            finally:
+                hook.remove()
+
+        return scored_refusing_ddp
 
     def _refuse_grad_scaler(self) -> None:
         """``torch.amp.GradScaler.step`` (plain PyTorch, or Lightning's ``16-mixed``)
@@ -638,6 +713,13 @@ class SwarmOptimizer(Optimizer):
         position scored in this step. Otherwise (:class:`~hgpso.PSO`, which collects no
         gradients; no finite particle; with ``forget < 1`` a best kept from an earlier
         batch) ``p.grad`` is ``None``."""
+        if self._sharded:  # the global best's gradient came with its weights, from its owner
+            sent = self.__dict__.get("_gbest_grad")
+            for k, p in enumerate(self._trainable()):
+                p.grad = None if sent is None else sent[k]
+            self._gbest_grad = None
+            _mark_grads(self._trainable())
+            return
         swarm = self.state[_SWARM]
         b = swarm["gbest_index"]
         scored = grads is not None and float(losses[b]) == swarm["gbest_loss"]
@@ -674,6 +756,8 @@ class SwarmOptimizer(Optimizer):
 
     def _use_fused(self) -> bool:
         """Whether the move runs through the fused kernel (one device for all groups)."""
+        if self._sharded:
+            return False  # its randoms depend on a particle's row, which sharding changes
         device = self._device()
         return self.fused is True or (
             self.fused is None and device.type == "cuda" and kernels.is_available()
@@ -691,32 +775,50 @@ class SwarmOptimizer(Optimizer):
         swarm = self.state[_SWARM]
         n = self.num_particles
         losses = losses.to(self._device())
-        valid = self._valid_particles(losses, grads)
+        # sharded: each rank ran the NaN guard on its own particles before the exchange, and
+        # sent an invalid particle's loss as NaN
+        valid = torch.isfinite(losses) if self._sharded else self._valid_particles(losses, grads)
         improved, pbest_losses = self._score(losses, valid)
         # one host read per step for everything the bookkeeping needs
-        n_valid, n_improved, best_now, gbest_loss, gbest_index = torch.stack(
-            [
-                valid.sum().float(),
-                improved.sum().float(),
-                torch.where(valid, losses, math.inf).min(),
-                pbest_losses.min(),
-                pbest_losses.argmin().float(),
-            ]
-        ).tolist()
+        stats = [
+            valid.sum().float(),
+            improved.sum().float(),
+            torch.where(valid, losses, math.inf).min(),
+            pbest_losses.min(),
+            pbest_losses.argmin().float(),
+        ]
+        # sharded: losses, valid, improved and pbest_losses hold all N particles (the same
+        # on every rank); the state tensors only this rank's rows ``mine``
+        mine = slice(self._rows.start, self._rows.stop)
+        if self._sharded:
+            stats += [improved[mine].sum().float(), improved[pbest_losses.argmin()].float()]
+        n_valid, n_improved, best_now, gbest_loss, gbest_index, *local = torch.stack(stats).tolist()
         self._adapt(n_improved / n, best_now)
-        pbests = self._accept_bests(improved, int(n_improved))
+        if self._sharded:
+            pbests = self._accept_bests(improved[mine], int(local[0]))
+        else:
+            pbests = self._accept_bests(improved, int(n_improved))
+        gbest_change: tuple[int, bool] | None = None
+        self._gbest_grad = None
         if math.isfinite(gbest_loss):
             b = int(gbest_index)
-            gbests = [pb[b].clone() for pb in pbests]  # one model's worth
+            if self._sharded:
+                changed = self._gbest_changed(b, bool(local[1]))
+                gbest_change = (b, changed)
+                scored = grads is not None and float(losses[b]) == gbest_loss
+                gbests = self._sharded_gbest(b, changed, pbests, grads if scored else None)
+            else:
+                gbests = [pb[b].clone() for pb in pbests]  # one model's worth
         else:  # no particle has a finite best loss: the last global best stays
             gbests = self.gbest()
             gbest_index, gbest_loss = swarm["gbest_index"], swarm["gbest_loss"]
         moved, launches = self._move(gbests, grads, pbests)
         n_bad = n - int(n_valid)
-        rows = self._reseed(~valid, gbests) if n_bad else []
+        rows = self._reseed(~valid[mine], gbests) if n_bad else []
         if not launches:  # the moved tensors are new: re-seed them before the commit
             self._write_rows(moved, rows)
-        self._advance_buffers(improved, valid, pbest_losses)  # small: computed and swapped in
+        # small: computed and swapped in
+        self._advance_buffers(improved, valid, pbest_losses, gbest_change)
         # ---- commit: reference assignments only
         keep = self._keeps_pbest()
         for p, (x, v), pb, g in zip(self._trainable(), moved, pbests, gbests, strict=True):
@@ -736,6 +838,38 @@ class SwarmOptimizer(Optimizer):
             self._write_rows(moved, rows)
         swarm["nan_reseeds"] += n_bad
         swarm["step"] += 1
+
+    def _gbest_changed(self, b: int, improved_b: bool) -> bool:
+        """Sharded mode: whether the new global best (particle ``b``'s personal best)
+        differs from the stored one, so that its owner must send it."""
+        swarm = self.state[_SWARM]
+        return (
+            not self._keeps_pbest()  # forget = 1: the bests are the positions just scored
+            or not self._has_pbest()
+            or improved_b
+            or b != swarm["gbest_index"]
+            or not math.isfinite(swarm["gbest_loss"])
+        )
+
+    def _sharded_gbest(
+        self, b: int, changed: bool, pbests: list[Tensor], grads: list[Tensor] | None
+    ) -> list[Tensor]:
+        """Sharded mode: the new global best's weights on every rank, sent by the rank that
+        holds particle ``b`` when they changed (with its gradient when ``grads`` is given,
+        kept in ``_gbest_grad`` for :meth:`_leave_gbest_grad`)."""
+        if not changed:
+            return self.gbest()
+        start = self._rows.start
+        if b in self._rows:
+            weights = [pb[b - start].clone() for pb in pbests]
+            gbest_grads = [] if grads is None else [g[b - start].clone() for g in grads]
+        else:
+            weights = [torch.empty_like(pb[0]) for pb in pbests]
+            gbest_grads = [] if grads is None else [g.new_empty(g.shape[1:]) for g in grads]
+        if self._comm is not None:
+            self._comm.broadcast_from(self._comm.owner_of(b), weights + gbest_grads)
+        self._gbest_grad = gbest_grads if grads is not None else None
+        return weights
 
     def _valid_particles(self, losses: Tensor, grads: list[Tensor] | None) -> Tensor:
         """NaN guard: a particle with a non-finite loss or gradient is never a best; its
@@ -923,6 +1057,8 @@ class SwarmOptimizer(Optimizer):
         """Fresh rows near the global best for the non-finite particles, to be written (at
         rest) into the moved tensors: ``(parameter index, particle rows, new positions)``."""
         idx = bad.nonzero().flatten()
+        # sharded: each particle's noise from its own stream (rows: global particle indices)
+        particles = (idx + self._rows.start).tolist() if self._sharded else None
         rng = self.random
         index = {id(p): i for i, p in enumerate(self._trainable())}
         rows = []
@@ -932,7 +1068,7 @@ class SwarmOptimizer(Optimizer):
                 k = index[id(p)]
                 x = self.state[p]["position"]
                 fresh = torch.empty((idx.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device)
-                noise = rng.normal(tuple(fresh.shape), fresh.dtype)
+                noise = rng.normal(tuple(fresh.shape), fresh.dtype, rows=particles)
                 F.perturb_([fresh], [gbests[k]], group["init_spread"], [noise])
                 rows.append((k, idx, fresh))
         return rows
@@ -965,6 +1101,8 @@ class SwarmOptimizer(Optimizer):
         are known, how to bind them)."""
         swarm = self.state[_SWARM]
         request = EvaluationRequest(params, self._all("position"), self.uses_gradients)
+        # sharded: a vectorized closure reports its batch, which the ranks compare
+        request.want_fingerprint = self._sharded and self._comm is not None
         if "_buffer_slots" not in self.__dict__:  # unpickled from an older version
             self._reset_buffer_tracking(from_checkpoint="buffers" in swarm)
         slots = self._buffer_slots
@@ -985,7 +1123,7 @@ class SwarmOptimizer(Optimizer):
         saved ones (a checkpoint, or an earlier binding) keep their rows, and after
         ``load_state_dict`` the two sets must match, shape and dtype included."""
         swarm = self.state[_SWARM]
-        n = self.num_particles
+        n = len(self._rows)  # this rank's particles (all N unless sharded)
         found = watch.found()
         saved = swarm.get("buffers") or {}
         names = [f.name for f in found]
@@ -1035,7 +1173,13 @@ class SwarmOptimizer(Optimizer):
         self._buffers_from_checkpoint = False
         return [rows[name] for name in names]
 
-    def _advance_buffers(self, improved: Tensor, valid: Tensor, pbest_losses: Tensor) -> None:
+    def _advance_buffers(
+        self,
+        improved: Tensor,
+        valid: Tensor,
+        pbest_losses: Tensor,
+        gbest_change: tuple[int, bool] | None = None,
+    ) -> None:
         r"""The per-particle buffers after this step, swapped into the swarm state.
 
         Particle :math:`i`'s buffers become those its forward pass left; a personal best
@@ -1045,6 +1189,10 @@ class SwarmOptimizer(Optimizer):
         floating buffers saw only its shard of the batch: they are averaged over ranks first
         (one all-reduce of :math:`N` times the buffers), so the replicas stay identical.
         All on the device, no host read; nothing at all for a model without such buffers.
+        Under ``distributed="sharded"`` (``improved``, ``valid``, ``pbest_losses`` of all
+        :math:`N` particles, the buffers of this rank's) the global best's buffers come from
+        the rank holding particle :math:`b`, when ``gbest_change = (b, changed)`` says they
+        changed (``None``: no particle is finite).
         """
         request, self._inflight = self._inflight, None
         slots = self._buffer_slots
@@ -1052,13 +1200,17 @@ class SwarmOptimizer(Optimizer):
             return
         swarm = self.state[_SWARM]
         new = list(request.new_buffers)
-        if self._comm is not None:
+        if self._sharded:
+            mine = slice(self._rows.start, self._rows.stop)
+            improved, valid = improved[mine], valid[mine]
+        elif self._comm is not None:
             self._comm.average_([t for t in new if t.is_floating_point()])
         any_finite = torch.isfinite(pbest_losses).any()
         best = pbest_losses.argmin().view(1)
         keep = self._keeps_pbest()
         old_p = swarm.get("pbest_buffers") or {}
         rows_out, pbest_out, gbest_out = {}, {}, {}
+        all_best_rows = []
         for (name, _, _), rows, before in zip(slots, new, request.buffers, strict=True):
             shape = (-1,) + (1,) * (rows.dim() - 1)
             best_rows = rows
@@ -1066,8 +1218,16 @@ class SwarmOptimizer(Optimizer):
                 mask = improved.to(rows.device).view(shape)
                 best_rows = torch.where(mask, rows, old_p.get(name, before))
                 pbest_out[name] = best_rows
-            gbest = best_rows.index_select(0, best.to(rows.device))[0]
-            gbest = torch.where(any_finite.to(rows.device), gbest, swarm["gbest_buffers"][name])
+            all_best_rows.append(best_rows)
+        sent = self._sharded_gbest_buffers(all_best_rows, gbest_change) if self._sharded else None
+        for k, ((name, _, _), rows) in enumerate(zip(slots, new, strict=True)):
+            shape = (-1,) + (1,) * (rows.dim() - 1)
+            if sent is not None:
+                gbest = sent[k]
+            else:
+                gbest = all_best_rows[k].index_select(0, best.to(rows.device))[0]
+                old = swarm["gbest_buffers"][name]
+                gbest = torch.where(any_finite.to(rows.device), gbest, old)
             bad = (~valid).to(rows.device).view(shape)
             rows_out[name] = torch.where(bad, gbest, rows)
             gbest_out[name] = gbest
@@ -1076,6 +1236,24 @@ class SwarmOptimizer(Optimizer):
             swarm["pbest_buffers"] = pbest_out
         else:
             swarm.pop("pbest_buffers", None)
+
+    def _sharded_gbest_buffers(
+        self, best_rows: list[Tensor], gbest_change: tuple[int, bool] | None
+    ) -> list[Tensor]:
+        """Sharded mode: the global best's buffers on every rank, in ``_buffer_slots``
+        order; sent by the rank holding particle ``b`` when they changed."""
+        old = self.state[_SWARM]["gbest_buffers"]
+        slots = self._buffer_slots or []
+        if gbest_change is None or not gbest_change[1]:
+            return [old[name] for name, _, _ in slots]
+        b = gbest_change[0]
+        if b in self._rows:
+            out = [rows[b - self._rows.start].clone() for rows in best_rows]
+        else:
+            out = [torch.empty_like(rows[0]) for rows in best_rows]
+        if self._comm is not None:
+            self._comm.broadcast_from(self._comm.owner_of(b), out)
+        return out
 
     def _adapt(self, success: float, best_now: float) -> None:
         r"""Smoothed progress signals: success rate, loss EMA, stall counter, lr scale."""
@@ -1112,6 +1290,9 @@ class SwarmOptimizer(Optimizer):
         super().__setstate__(state)
         # optimizers pickled by older versions lack these attributes
         self.__dict__.setdefault("_members", None)
+        self.__dict__.setdefault("_sharded", False)
+        self.__dict__.setdefault("_rows", range(self.num_particles))
+        self.__dict__.setdefault("distributed", "replicated")
         self._wrap_param_groups()
         if "_buffer_slots" not in self.__dict__:
             swarm = self.state[_SWARM] if _SWARM in self.state else {}
@@ -1146,6 +1327,7 @@ class SwarmOptimizer(Optimizer):
                     f"the state_dict holds a swarm of {pl.numel()} particles but this "
                     f"optimizer was built with num_particles={n}"
                 )
+            self._validate_shard(swarm.get("shard"))
             for key in (
                 "step",
                 "gbest_index",
@@ -1196,15 +1378,51 @@ class SwarmOptimizer(Optimizer):
                         "take it from)"
                     )
                 # pbest: only saved with forget < 1; gbest: absent in older checkpoints
+                m = len(self._rows)  # this rank's particles (all N unless sharded)
                 for key, shape in (
-                    ("position", (n, *p.shape)),
-                    ("velocity", (n, *p.shape)),
-                    ("pbest", (n, *p.shape)),
+                    ("position", (m, *p.shape)),
+                    ("velocity", (m, *p.shape)),
+                    ("pbest", (m, *p.shape)),
                     ("gbest", tuple(p.shape)),
                 ):
                     if key not in entry and key in ("pbest", "gbest"):
                         continue
                     self._validate_state_tensor(entry.get(key), key, where, shape, p)
+
+    def _validate_shard(self, saved: Any) -> None:
+        """A sharded swarm loads only the shard it holds itself: saved by the same rank of
+        the same number of ranks (resharding is not supported); an unsharded swarm loads
+        no shard."""
+        if not self._sharded:
+            if saved is not None:
+                raise ValueError(
+                    "the state_dict holds one rank's shard of a swarm sharded over "
+                    f"{saved.get('world_size')} ranks (distributed='sharded'), but this "
+                    f"optimizer is distributed={self.distributed!r}: build it with "
+                    "distributed='sharded' on as many ranks"
+                )
+            return
+        mine = self._shard_info()
+        if not isinstance(saved, dict):
+            raise ValueError(
+                "this optimizer is distributed='sharded', but the state_dict holds an "
+                "unsharded swarm (saved with distributed='replicated' or 'independent', whose "
+                "random streams differ): load it into an optimizer of the mode it was saved with"
+            )
+        if saved.get("world_size") != mine["world_size"]:
+            raise ValueError(
+                f"the state_dict holds rank {saved.get('rank')}'s shard of a swarm sharded "
+                f"over {saved.get('world_size')} ranks, but this optimizer is sharded over "
+                f"{mine['world_size']} ranks: resume on {saved.get('world_size')} ranks "
+                "(resharding a checkpoint to another world size is not supported)"
+            )
+        if [saved.get("start"), saved.get("stop")] != [mine["start"], mine["stop"]]:
+            raise ValueError(
+                f"the state_dict holds rank {saved.get('rank')}'s shard (particles "
+                f"{saved.get('start')} to {saved.get('stop')}), but this is rank {mine['rank']} "
+                f"(particles {mine['start']} to {mine['stop']}): every rank loads the state_dict "
+                "its own rank saved"
+            )
 
     @staticmethod
     def _validate_state_tensor(
@@ -1241,7 +1459,7 @@ class SwarmOptimizer(Optimizer):
         ``num_particles`` and, when this optimizer already knows its model's per-particle
         buffers, with those (names, shapes, dtypes). Otherwise they are matched to the
         model's on the next step, before anything changes."""
-        n = self.num_particles
+        n = len(self._rows)  # this rank's particles (all N unless sharded)
         keys = [k for k in ("buffers", "gbest_buffers", "pbest_buffers") if k in swarm]
         if not keys:
             return  # no buffers found yet, or a checkpoint from before they were kept
@@ -1265,9 +1483,9 @@ class SwarmOptimizer(Optimizer):
             what = f"per-particle buffer {name!r}"
             if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != n:
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                held = f"num_particles={n}" if not self._sharded else f"{n} on this rank"
                 raise ValueError(
-                    f"{what} must be a tensor with one row per particle (num_particles={n}), "
-                    f"got {got}"
+                    f"{what} must be a tensor with one row per particle ({held}), got {got}"
                 )
             shape = tuple(t.shape[1:])
             gbest = swarm["gbest_buffers"][name]
