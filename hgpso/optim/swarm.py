@@ -1291,7 +1291,9 @@ class SwarmOptimizer(Optimizer):
         # optimizers pickled by older versions lack these attributes
         self.__dict__.setdefault("_members", None)
         self.__dict__.setdefault("_sharded", False)
-        self.__dict__.setdefault("_rows", range(self.num_particles))
+        # (torch pickles only defaults, state and param_groups: num_particles may be absent)
+        self.__dict__.setdefault("_rows", range(self.__dict__.get("num_particles", 0)))
+        self.__dict__.setdefault("_gbest_grad", None)
         self.__dict__.setdefault("distributed", "replicated")
         self._wrap_param_groups()
         if "_buffer_slots" not in self.__dict__:
