@@ -55,45 +55,16 @@ EXTRA_GLOBALS: dict[str, Callable[[], dict[str, Any]]] = {
     "hgpso.optim.hgpso": _optim_example_globals,
 }
 
-#: examples known to be wrong in files this change may not edit: why, and the line of
-#: doctest's report that shows it. Strict, so that fixing the example turns the case into a
-#: failure until its entry here goes; a different failure fails as usual.
-KNOWN_WRONG: dict[str, tuple[str, str]] = {
-    "hgpso.optim.hgpso": (
-        "HGPSO's example ends with `>>> opt.step(closure)`, which prints the returned loss "
-        "(a tensor) where the example shows no output; it needs `_ = opt.step(...)` or the "
-        "printed value",
-        "Expected nothing\nGot:\n    tensor(",
-    ),
-}
-
-
-class KnownWrongExample(AssertionError):
-    """The known-wrong example failed, exactly as its :data:`KNOWN_WRONG` entry says."""
-
-
 MODULES = _modules_with_examples()
 
 
 def test_the_modules_with_examples_are_found() -> None:
     assert "hgpso.tune.space" in MODULES  # SearchSpace's decode example
-    assert set(KNOWN_WRONG) <= set(MODULES) and set(EXTRA_GLOBALS) <= set(MODULES)
+    assert "hgpso.optim.hgpso" in MODULES  # HGPSO's class example
+    assert set(EXTRA_GLOBALS) <= set(MODULES)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                reason=KNOWN_WRONG[n][0], raises=KnownWrongExample, strict=True
-            ),
-        )
-        if n in KNOWN_WRONG
-        else n
-        for n in MODULES
-    ],
-)
+@pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
     extra = EXTRA_GLOBALS[name]() if name in EXTRA_GLOBALS else None
@@ -103,6 +74,4 @@ def test_docstring_examples_run(name: str) -> None:
             module, extraglobs=extra, optionflags=doctest.ELLIPSIS, report=False
         )
     assert attempted > 0, f"{name} has a '>>> ' line but doctest found no example in it"
-    if name in KNOWN_WRONG and failed == 1 and KNOWN_WRONG[name][1] in report.getvalue():
-        raise KnownWrongExample(report.getvalue())
     assert failed == 0, f"{failed} of {attempted} examples in {name} failed:\n{report.getvalue()}"
