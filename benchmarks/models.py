@@ -7,8 +7,10 @@ documented in docs/guides/benchmarks.md, "Models").
   layer, 10-way output, on 3x32x32 inputs.
 * :func:`resnet18_64` - torchvision's ResNet-18 adapted to 64x64 inputs: a 3x3 stride-1 stem
   without the initial max-pool, 200 classes. ``norm="group"`` (default) swaps every BatchNorm for
-  GroupNorm(32) so that the model is a pure function of its parameters, which the vectorized
-  HGPSO path (``torch.func.vmap`` over particles) needs; ``norm="batch"`` keeps BatchNorm.
+  GroupNorm(32), so the model is a pure function of its parameters with no running statistics;
+  ``norm="batch"`` keeps BatchNorm, which both HGPSO paths (the closure and the vectorized one,
+  ``torch.func.vmap`` over particles) train with each particle's own running statistics (see
+  :func:`hgpso.vectorized_closure`).
 * :class:`DigitsCNN` - a tiny conv net for sklearn's 8x8 digits (smoke runs and tests).
 
 None of the models uses dropout or BatchNorm by default, so a forward pass is deterministic

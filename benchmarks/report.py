@@ -735,14 +735,18 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
     split = summary.get("eval_split", "test")
     # accuracy per epoch: each seed thin, the mean over seeds thick
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    finals: dict[str, float] = {}
+    ys: dict[str, list[float]] = {}
     for o in opts:
         for r in (r for r in runs if r["optimizer"] == o):
             pts = [(e, a * 100) for e, a in _epoch_points(r) if e is not None]
             if not pts:
                 continue
+            ys.setdefault(o, []).extend(a for _, a in pts)
             ax.plot(*zip(*pts, strict=True), color=COLORS[o], alpha=0.3, lw=1)
         rows = summary.get("per_epoch_accuracy", {}).get(o) or []
         if rows:
+            finals[o] = rows[-1]["accuracy_mean"] * 100
             ax.plot(
                 [row["epoch"] for row in rows],
                 [row["accuracy_mean"] * 100 for row in rows],
@@ -755,6 +759,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_title(f"{ds}: {split} accuracy per epoch (thin: seeds)")
+    _zoom_past_outliers(ax, finals, ys)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -763,9 +768,11 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
 
     # accuracy vs training seconds (equal-time view)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ys = {}
     for o in opts:
         for j, r in enumerate(r for r in runs if r["optimizer"] == o):
             pts = [(t, a * 100) for t, a in curve_seconds(r)]
+            ys.setdefault(o, []).extend(a for _, a in pts)
             ax.plot(
                 *zip(*pts, strict=True),
                 marker="o",
@@ -787,11 +794,28 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
     ax.set_xlabel("training seconds (inside optimizer steps)")
     ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_title(f"{ds}: accuracy vs training time")
+    _zoom_past_outliers(ax, finals, ys)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(fig_dir / "accuracy_vs_seconds.png", dpi=110)
     plt.close(fig)
+
+
+def _zoom_past_outliers(ax: Any, finals: dict[str, float], ys: dict[str, list[float]]) -> None:
+    """Let the y axis show the optimizers that train: one that ends more than 20 points
+    below the best (PSO on a CNN) would squeeze the others into a flat line; it is named
+    in a note instead."""
+    if not finals:
+        return
+    best = max(finals.values())
+    left_out = [o for o, a in finals.items() if a < best - 20]
+    shown = [y for o, v in ys.items() if o not in left_out for y in v]
+    if not left_out or not shown:
+        return
+    ax.set_ylim(min(shown) - 1, max(shown) + 0.5)
+    note = "; ".join(f"{LABELS[o]} ends at {finals[o]:.1f}%, below the axis" for o in left_out)
+    ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=8, color="gray", va="bottom")
 
 
 def write_outputs(

@@ -18,8 +18,8 @@
 # HGPSO_LLM_THREADS (default: nproc), HGPSO_LLM_CTX (default 2048),
 # HGPSO_LLM_HEALTH_TIMEOUT (seconds, default 180).
 # A process is adopted, health-checked or stopped only after checking it is ours: its command
-# line holds our model alias and port, and /v1/models on that port lists our alias. The state
-# file is parsed as key=value lines, never sourced. Every failure exits non-zero.
+# line holds our model alias and `--port PORT`, and /v1/models on that port lists our alias.
+# The state file is parsed as key=value lines, never sourced. Every failure exits non-zero.
 # Only the export lines go to stdout; progress and errors go to stderr.
 set -euo pipefail
 
@@ -64,12 +64,14 @@ state() {  # state KEY -> the value of KEY=... in the state file (digits only), 
     sed -n "s/^$1=\([0-9]\{1,10\}\)\$/\1/p" "$STATE_FILE" | head -n 1
 }
 
-is_ours() {  # is_ours PID PORT -> 0 when PID runs with our model alias and port on its cmdline
+is_ours() {  # is_ours PID PORT -> 0 when PID's cmdline holds our model alias and `--port PORT`
     local pid="$1" port="$2" cmd
     [[ "$pid" =~ ^[0-9]+$ && "$port" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
     cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
-    [[ " $cmd " == *" $MODEL_ALIAS "* && " $cmd " == *" $port "* ]]
+    # the port as the value of --port (how start runs the server), not any word that happens
+    # to be the same number (--n_ctx 2048, a thread count, a file name)
+    [[ " $cmd " == *" $MODEL_ALIAS "* && " $cmd " == *" --port $port "* ]]
 }
 
 pid_alive() {

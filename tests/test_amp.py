@@ -199,12 +199,11 @@ def test_lightning_16_mixed_with_a_grad_scaler_is_refused_naming_bf16(tmp_path):
         assert torch.equal(v, start[k])
 
 
-def test_grad_scaler_step_is_refused_naming_bf16_and_nothing_changes():
-    model, x, y = _problem()
-    opt = HGPSO(model.parameters(), num_particles=3, seed=0)
-    opt.step(make_closure(opt, model, x, y))
-    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
-    scaler = torch.amp.GradScaler("cpu")
+def _fp16_scaled_closure(opt, model, x, y, scaler, path):
+    """What a user would hand to ``GradScaler.step``: on the closure path a closure whose
+    backward runs on the scaled fp16 loss; on the vectorized paths the library's closure."""
+    if path != "closure":
+        return hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy=path)
 
     def closure():
         opt.zero_grad()
@@ -213,25 +212,63 @@ def test_grad_scaler_step_is_refused_naming_bf16_and_nothing_changes():
         scaler.scale(loss).backward()
         return loss
 
+    return closure
+
+
+def _plain_closure(opt, model, x, y, path):
+    if path == "closure":
+        return make_closure(opt, model, x, y)
+    return hgpso.vectorized_closure(model, F.cross_entropy, x, y, strategy=path)
+
+
+def _assert_same(after, before, where="state_dict"):
+    """Two (nested) optimizer state dicts equal entry by entry, tensors bit for bit."""
+    if isinstance(before, torch.Tensor):
+        assert isinstance(after, torch.Tensor) and torch.equal(after, before), where
+    elif isinstance(before, dict):
+        assert isinstance(after, dict) and after.keys() == before.keys(), where
+        for key, value in before.items():
+            _assert_same(after[key], value, f"{where}[{key!r}]")
+    elif isinstance(before, (list, tuple)):
+        assert type(after) is type(before) and len(after) == len(before), where
+        for k, (a, b) in enumerate(zip(after, before, strict=True)):
+            _assert_same(a, b, f"{where}[{k}]")
+    else:
+        assert after == before, where
+
+
+@pytest.mark.parametrize("path", ["closure", "loop", "vmap"])
+def test_grad_scaler_step_is_refused_naming_bf16_and_nothing_changes(path):
+    """``GradScaler.step(opt, closure)`` is refused before anything moves, whether the
+    closure is a plain one (backward on the scaled loss) or an ``hgpso.vectorized_closure``
+    (``"loop"`` or ``"vmap"``): the error names bf16; weights, gradients and every entry of
+    the optimizer's state are as they were, and the optimizer keeps working."""
+    model, x, y = _problem()
+    opt = HGPSO(model.parameters(), num_particles=3, seed=0)
+    opt.step(_plain_closure(opt, model, x, y, path))
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    grads = [p.grad.clone() for p in model.parameters()]  # the global best's, by the step
+    scaler = torch.amp.GradScaler("cpu")
+    closure = _fp16_scaled_closure(opt, model, x, y, scaler, path)
+
     # GradScaler.step needs a scale() before it (with a closure, torch itself refuses the
     # first call: "Attempted step but _scale is None"): a loop that scaled once already
     scaler.scale(torch.ones(()))
     with pytest.raises(RuntimeError, match="does not support fp16 gradient scaling") as info:
         scaler.step(opt, closure)
     assert "torch.autocast(device_type, dtype=torch.bfloat16)" in str(info.value)
+    assert "precision='bf16-mixed'" in str(info.value)
+    assert "Nothing was changed." in str(info.value)
     assert not hasattr(opt, "grad_scale") and not hasattr(opt, "found_inf")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[0][k])
-    after = opt.state_dict()
-    assert after["state"]["swarm"]["step"] == before[1]["state"]["swarm"]["step"]
-    for i, st in before[1]["state"].items():
-        if i != "swarm":
-            for key, t in st.items():
-                assert torch.equal(after["state"][i][key], t)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert p.grad is not None and torch.equal(p.grad, g)
+    _assert_same(opt.state_dict(), before[1])
     # the optimizer still steps without the scaler, and a disabled scaler passes through
-    assert torch.isfinite(opt.step(make_closure(opt, model, x, y)))
+    assert torch.isfinite(opt.step(_plain_closure(opt, model, x, y, path)))
     off = torch.amp.GradScaler("cpu", enabled=False)
-    assert torch.isfinite(off.step(opt, make_closure(opt, model, x, y)))
+    assert torch.isfinite(off.step(opt, _plain_closure(opt, model, x, y, path)))
     assert opt.state["swarm"]["step"] == before[1]["state"]["swarm"]["step"] + 2
 
 

@@ -217,7 +217,7 @@ class HGPSO(SwarmOptimizer):
         ...     loss = loss_fn(model(x), y)
         ...     loss.backward()
         ...     return loss
-        >>> opt.step(closure)  # or opt.step(hgpso.vectorized_closure(model, loss_fn, x, y))
+        >>> best_loss = opt.step(closure)  # or: hgpso.vectorized_closure(model, loss_fn, x, y)
     """
 
     uses_gradients = True

@@ -359,7 +359,10 @@ class LLMClient:
             try:
                 import openai  # lazy: hgpso.tune works without the extra installed
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("LLM strategies need `pip install hgpso[llm]` (openai)") from e
+                raise ImportError(
+                    "LLM strategies need the openai package: pip install openai "
+                    '(from a clone of hgpso: pip install -e ".[llm]")'
+                ) from e
             self._client = openai.OpenAI(
                 base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0
             )

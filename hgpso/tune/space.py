@@ -199,8 +199,11 @@ class SearchSpace(Mapping):
     """An ordered mapping ``name -> Param`` with the unit-cube encoding of whole points.
 
     >>> space = SearchSpace({"lr": Float(1e-4, 1.0, log=True), "layers": Int(1, 4)})
-    >>> space.decode(np.array([0.0, 1.0]))
-    {'lr': 0.0001, 'layers': 4}
+    >>> point = space.decode(np.array([0.5, 1.0]))  # lr: halfway on the log scale
+    >>> round(point["lr"], 12), point["layers"]
+    (0.01, 4)
+    >>> space.encode({"lr": 0.01, "layers": 4})  # each integer owns a quarter of [0, 1]
+    array([0.5  , 0.875])
     """
 
     def __init__(self, params: Mapping[str, Param]) -> None:

@@ -289,3 +289,27 @@ def test_include_finished_adds_runs_made_with_the_same_settings(tmp_path, capsys
     # without the flag the report holds this invocation's runs only
     assert main([*base, "--optimizers", "sgd", "--seeds", "0", "1"]) == 0
     assert list(json.loads((out / "summary.json").read_text())["optimizers"]) == ["sgd"]
+
+
+def test_accuracy_figures_zoom_past_an_optimizer_that_does_not_train():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.report import _zoom_past_outliers
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [20.9, 20.9])
+    ax.plot([1, 2], [87.0, 91.3])
+    _zoom_past_outliers(ax, {"pso": 20.9, "adam": 91.3}, {"pso": [20.9], "adam": [87.0, 91.3]})
+    assert ax.get_ylim() == pytest.approx((86.0, 91.8))
+    assert [t.get_text() for t in ax.texts] == ["PSO ends at 20.9%, below the axis"]
+
+    fig2, ax2 = plt.subplots()
+    ax2.plot([1, 2], [85.0, 91.0])
+    before = ax2.get_ylim()
+    _zoom_past_outliers(ax2, {"sgd": 85.0, "adam": 91.0}, {"sgd": [85.0], "adam": [91.0]})
+    assert ax2.get_ylim() == before and not ax2.texts  # nobody left out: axis untouched
+    plt.close(fig)
+    plt.close(fig2)

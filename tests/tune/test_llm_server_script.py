@@ -102,6 +102,42 @@ def test_stale_pid_of_an_unrelated_process_is_never_killed(tmp_path):
         other.wait()
 
 
+def _sleeper(*args):
+    """A process whose command line holds ``args`` (and that does nothing for 300 s)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", *args])
+
+
+def test_the_port_number_elsewhere_on_the_command_line_is_not_ours(tmp_path):
+    """Ownership needs ``--port N`` on the command line: a process with our alias and the
+    port number as some other option's value (here ``--n_ctx N``) is neither reported as
+    running nor stopped; the same process with ``--port N`` is ours and is stopped."""
+    port = free_port()
+    foreign = _sleeper("--model_alias", "gemma-3-270m", "--n_ctx", str(port))
+    ours = _sleeper("--model_alias", "gemma-3-270m", "--port", str(port))
+    try:
+        write_state(tmp_path, "r5", f"pid={foreign.pid}\nport={port}\n")
+        env = {"HGPSO_CACHE": str(tmp_path), "HGPSO_LLM_RUN_ID": "r5"}
+        r = sh("env", env=env)
+        assert r.returncode != 0 and r.stdout == "" and "not running" in r.stderr
+        r = sh("stop", env=env)
+        assert r.returncode == 0 and f"pid {foreign.pid}" in r.stderr
+        assert "not our server" in r.stderr and "stopped server" not in r.stderr
+        assert foreign.poll() is None  # still running
+        # control: the same command line with --port N is judged ours
+        write_state(tmp_path, "r6", f"pid={ours.pid}\nport={port}\n")
+        env = {"HGPSO_CACHE": str(tmp_path), "HGPSO_LLM_RUN_ID": "r6"}
+        r = sh("env", env=env)
+        assert r.returncode == 0 and f"127.0.0.1:{port}/v1" in r.stdout
+        r = sh("stop", env=env)
+        assert r.returncode == 0 and f"stopped server (pid {ours.pid})" in r.stderr
+        assert ours.wait(timeout=10) is not None
+        assert foreign.poll() is None
+    finally:
+        for p in (foreign, ours):
+            p.kill()
+            p.wait()
+
+
 def test_state_file_is_parsed_not_sourced(tmp_path):
     marker = tmp_path / "pwned"
     write_state(tmp_path, "r2", f"pid=$(touch {marker})\nport=1;touch {marker}\n")
