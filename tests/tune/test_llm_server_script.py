@@ -220,3 +220,38 @@ def test_eval_then_stop_through_a_wrapper_finds_this_runs_server(tmp_path):
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_a_server_that_crashes_on_its_first_completion_is_not_reported_started(tmp_path):
+    # what a llama.cpp built with its AMX kernels does on some virtual machines: the model
+    # loads and is listed, then the first completion kills the process (SIGSEGV)
+    server = tmp_path / "crashing_server.py"
+    server.write_text(
+        FAKE_SERVER.replace(
+            "HTTPServer((",
+            "H.do_POST = lambda self: __import__('os')._exit(139)\nHTTPServer((",
+        )
+    )
+    python = tmp_path / "py"  # runs the fake in place of `python -m llama_cpp.server`
+    python.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        f'  "-m llama_cpp.server") shift 2; exec {sys.executable} {server} "$@" ;;\n'
+        '  "-c import llama_cpp.server"*) exit 0 ;;\n'
+        "esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "gemma-3-270m-q4_k_m.gguf").write_bytes(b"")  # no install needed
+    env = {
+        "HGPSO_CACHE": str(tmp_path),
+        "HGPSO_LLM_RUN_ID": "crash",
+        "HGPSO_LLM_HEALTH_TIMEOUT": "20",
+        "PYTHON": str(python),
+    }
+    r = sh("start", env=env)
+    assert r.returncode != 0 and r.stdout == ""  # no export lines: callers never get a URL
+    assert "crashed on its first completion" in r.stderr, r.stderr
+    assert "CMAKE_ARGS='-DGGML_NATIVE=OFF" in r.stderr  # the rebuild command, spelled out
+    assert not (tmp_path / "llm" / "run-crash" / "server.state").exists()
