@@ -9,14 +9,16 @@ outlives the deadline fails it too, after every process started here is killed.
 from __future__ import annotations
 
 import datetime
+import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from benchmarks.scaling import spawn_bounded
 
@@ -24,8 +26,29 @@ from benchmarks.scaling import spawn_bounded
 PG_TIMEOUT_S = 60
 
 
+def _wait_for_peers(
+    out_dir: Path, launch: str, rank: int, world_size: int, timeout_s: float = 15.0
+) -> None:
+    """Tear the group down only once every rank is done with its collectives: a rank that
+    exited first once made gloo abort another (SIGABRT, "terminate called without an active
+    exception") after every rank had saved its results. Files, not a collective, because a
+    test may leave the group broken on purpose; a peer that never arrives (it raised) costs
+    at most ``timeout_s``."""
+    (out_dir / f"done-{launch}-{rank}").touch()  # per launch: out_dir may be reused
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all((out_dir / f"done-{launch}-{r}").exists() for r in range(world_size)):
+            return
+        time.sleep(0.05)
+
+
 def _entry(
-    rank: int, fn: Callable[..., None], world_size: int, out_dir: str, kwargs: dict[str, Any]
+    rank: int,
+    fn: Callable[..., None],
+    world_size: int,
+    out_dir: str,
+    kwargs: dict[str, Any],
+    launch: str,
 ) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -37,6 +60,7 @@ def _entry(
     )
     try:
         fn(rank, world_size, Path(out_dir), **kwargs)
+        _wait_for_peers(Path(out_dir), launch, rank, world_size)
     except BaseException:
         (Path(out_dir) / f"error{rank}.txt").write_text(traceback.format_exc())
         raise
@@ -55,8 +79,10 @@ def run_workers(
     """Run ``fn`` on ``world_size`` spawned processes; raise if any fails or hangs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        spawn_bounded(_entry, (fn, world_size, str(out_dir), kwargs), world_size, timeout_s)
-    except mp.ProcessException as e:
+        launch = uuid.uuid4().hex
+        args = (fn, world_size, str(out_dir), kwargs, launch)
+        spawn_bounded(_entry, args, world_size, timeout_s)
+    except ProcessException as e:
         errors = sorted(out_dir.glob("error*.txt"))
         detail = "\n".join(p.read_text() for p in errors)
         raise AssertionError(f"a worker failed:\n{detail or e}") from None
