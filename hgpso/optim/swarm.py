@@ -859,17 +859,20 @@ class SwarmOptimizer(Optimizer):
         kept in ``_gbest_grad`` for :meth:`_leave_gbest_grad`)."""
         if not changed:
             return self.gbest()
-        start = self._rows.start
+        sent = self._row_from_owner(b, [*pbests, *(grads or [])])  # one broadcast
+        self._gbest_grad = sent[len(pbests) :] if grads is not None else None
+        return sent[: len(pbests)]
+
+    def _row_from_owner(self, b: int, stacks: list[Tensor]) -> list[Tensor]:
+        """Sharded mode: row ``b`` (a global particle index) of each of ``stacks`` (this
+        rank's rows) on every rank, sent by the rank that holds particle ``b``."""
         if b in self._rows:
-            weights = [pb[b - start].clone() for pb in pbests]
-            gbest_grads = [] if grads is None else [g[b - start].clone() for g in grads]
+            out = [t[b - self._rows.start].clone() for t in stacks]
         else:
-            weights = [torch.empty_like(pb[0]) for pb in pbests]
-            gbest_grads = [] if grads is None else [g.new_empty(g.shape[1:]) for g in grads]
+            out = [t.new_empty(t.shape[1:]) for t in stacks]
         if self._comm is not None:
-            self._comm.broadcast_from(self._comm.owner_of(b), weights + gbest_grads)
-        self._gbest_grad = gbest_grads if grads is not None else None
-        return weights
+            self._comm.broadcast_from(self._comm.owner_of(b), out)
+        return out
 
     def _valid_particles(self, losses: Tensor, grads: list[Tensor] | None) -> Tensor:
         """NaN guard: a particle with a non-finite loss or gradient is never a best; its
@@ -1246,14 +1249,7 @@ class SwarmOptimizer(Optimizer):
         slots = self._buffer_slots or []
         if gbest_change is None or not gbest_change[1]:
             return [old[name] for name, _, _ in slots]
-        b = gbest_change[0]
-        if b in self._rows:
-            out = [rows[b - self._rows.start].clone() for rows in best_rows]
-        else:
-            out = [torch.empty_like(rows[0]) for rows in best_rows]
-        if self._comm is not None:
-            self._comm.broadcast_from(self._comm.owner_of(b), out)
-        return out
+        return self._row_from_owner(gbest_change[0], best_rows)
 
     def _adapt(self, success: float, best_now: float) -> None:
         r"""Smoothed progress signals: success rate, loss EMA, stall counter, lr scale."""
