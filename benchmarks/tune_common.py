@@ -23,18 +23,30 @@ import numpy as np
 
 from hgpso.tune import LLMClient, SearchSpace, make_strategy, minimize
 
+try:  # run as a script (python benchmarks/tune_lstm.py) or as a module
+    from tune_peers import PEERS, run_peer
+except ImportError:
+    from benchmarks.tune_peers import PEERS, run_peer
+
 LLM_STRATEGIES = ("llm_pso", "llm_ga")
 
 
 def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: float) -> None:
-    p.add_argument("--strategies", nargs="+", default=["random", "pso", "ga", "llm_pso", "llm_ga"])
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=["random", "pso", "ga", "llm_pso", "llm_ga"],
+        help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--population", type=int, default=6)
     p.add_argument("--budget", type=int, default=budget, help="objective evaluations per run")
     p.add_argument("--target", type=float, default=target)
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--llm-every", type=int, default=1)
-    p.add_argument("--max-llm-calls", type=int, default=3)
+    p.add_argument(
+        "--max-llm-calls", type=int, default=None, help="LLM rounds per run (default: no cap)"
+    )
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--timeout", type=float, default=120.0)
@@ -79,9 +91,19 @@ def summarize(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
             "llm_seconds": round(sum(x.get("seconds", 0.0) for x in llm), 1),
             "llm_tokens": sum(x.get("tokens", 0) for x in llm),
             "llm_fallbacks": sum(x.get("fallbacks", 0) for x in llm),
+            # whole runs: objective + LLM + the strategy's (or peer library's) own work
+            "wall_seconds_median": round(float(np.median([r["wall_seconds"] for r in runs])), 2),
+            "wall_seconds_total": round(sum(r["wall_seconds"] for r in runs), 1),
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _save(f: Path, out: dict[str, Any]) -> None:
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out) + "\n")
+    tmp.replace(f)  # a run interrupted mid-write leaves no half file behind
 
 
 def run_suite(
@@ -101,6 +123,17 @@ def run_suite(
         for name in args.strategies:
             f = args.out / "runs" / name / f"seed{seed}.json"
             if f.exists():
+                continue
+            if name in PEERS:  # another library, same objective, space, budget and seed
+                out = run_peer(name, objective, space, args.budget, None, seed)
+                _save(f, dict(out, seed=seed, warnings=0))
+                print(
+                    f"{name:8s} seed {seed}: evals_to_target="
+                    f"{_calls_to(out['trace'], args.target)} best={out['best_value']:.4g} "
+                    f"wall={out['wall_seconds']:.0f}s",
+                    flush=True,
+                )
+                summarize(args.out, meta)
                 continue
             kwargs: dict[str, Any] = {}
             if name in LLM_STRATEGIES:
@@ -127,10 +160,14 @@ def run_suite(
                 res = minimize(objective, space, strat, budget=args.budget)
             out = res.as_dict()
             out.update(seed=seed, warnings=len(caught))
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out) + "\n")
-            tmp.replace(f)
+            if name in LLM_STRATEGIES:
+                out["llm_settings"] = dict(
+                    strat.llm.describe(),
+                    k=args.k,
+                    llm_every=args.llm_every,
+                    max_llm_calls=args.max_llm_calls,
+                )
+            _save(f, out)
             print(
                 f"{name:8s} seed {seed}: evals_to_target={_calls_to(res.trace, args.target)} "
                 f"best={res.best_value:.4g} llm_calls={res.llm.get('calls', 0)} "

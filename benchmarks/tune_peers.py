@@ -6,13 +6,26 @@
 Peers: Optuna's ``TPESampler``, ``CmaEsSampler`` (needs ``cmaes``) and ``RandomSampler``;
 nevergrad's ``PSO`` and ``NGOpt``. Only float parameters are supported (Rastrigin, LSTM's
 log-float learning rate handled through the space's unit-cube encoding).
+
+Two workarounds for nevergrad 1.0.12, both scoped to one ``run_peer`` call:
+
+- NGOpt's meta-model step converts a one-row ``predict`` result to ``float``; numpy >= 2.4
+  refuses that (a ``TypeError``; upstream facebookresearch/nevergrad#1612 reported it as a
+  deprecation warning). While NGOpt runs, the sklearn regressors it builds return a 0-d
+  array for a single row, which is the value nevergrad meant.
+- Recast sub-optimizers (Powell, CMA inside NGOpt) wait on a non-daemon thread; when a run
+  stops early (target reached, or an error) those threads are told to stop, else the
+  interpreter waits for them forever at exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +37,45 @@ PEERS = ("optuna_tpe", "optuna_cmaes", "optuna_random", "ng_pso", "ng_ngopt")
 
 class _Budget(Exception):
     """Raised inside the objective wrapper once the target is reached (stops the peer)."""
+
+
+# the sklearn regressors nevergrad's meta-model may build (module, class name)
+_METAMODEL_REGRESSORS = (
+    ("sklearn.linear_model", "LinearRegression"),
+    ("sklearn.svm", "SVR"),
+    ("sklearn.ensemble", "RandomForestRegressor"),
+    ("sklearn.neural_network", "MLPRegressor"),
+)
+
+
+@contextlib.contextmanager
+def _scalar_single_row_predict() -> Iterator[None]:
+    """Make one-row ``predict`` calls return a 0-d array (see the module docstring)."""
+    saved = []
+    try:
+        for mod_name, cls_name in _METAMODEL_REGRESSORS:
+            mod = importlib.import_module(mod_name)
+            base = getattr(mod, cls_name)
+
+            def predict(self: Any, X: Any, _base: Any = base) -> Any:
+                out = _base.predict(self, X)
+                return out.reshape(()) if np.shape(out) == (1,) else out
+
+            patched = type(cls_name, (base,), {"predict": predict, "__module__": mod_name})
+            saved.append((mod, cls_name, base))
+            setattr(mod, cls_name, patched)
+        yield
+    finally:
+        for mod, cls_name, base in saved:
+            setattr(mod, cls_name, base)
+
+
+def _stop_recast_threads() -> None:
+    from nevergrad.optimization import recaster
+
+    for t in threading.enumerate():
+        if isinstance(t, recaster._MessagingThread) and t.is_alive():
+            t.stop()
 
 
 def run_peer(
@@ -84,9 +136,13 @@ def run_peer(
             param.random_state = np.random.RandomState(seed)
             opt_cls = ng.optimizers.registry["PSO" if name == "ng_pso" else "NGOpt"]
             opt = opt_cls(parametrization=param, budget=budget)
-            for _ in range(budget):
-                cand = opt.ask()
-                opt.tell(cand, f(cand.value))
+            try:
+                with _scalar_single_row_predict():
+                    for _ in range(budget):
+                        cand = opt.ask()
+                        opt.tell(cand, f(cand.value))
+            finally:
+                _stop_recast_threads()
     except _Budget:
         pass
     return {
