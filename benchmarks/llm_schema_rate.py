@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=10, help="requests per form")
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--chat-format",
+        default=None,
+        help="the server's chat template, recorded with the counts (the API does not report it)",
+    )
     args = p.parse_args(argv)
     url, model = os.environ.get("HGPSO_LLM_BASE_URL"), os.environ.get("HGPSO_LLM_MODEL")
     if not url or not model:
@@ -96,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         fmts.append(c.describe()["response_format"])
     results["client_auto"] = {"valid": valid, "of": args.n, "final_formats": sorted(set(fmts))}
     print(f"{'client_auto':20s} valid {valid}/{args.n} (format {sorted(set(fmts))})")
-    record = {"server": url, "model": model, "k": K, "results": results}
+    record = {
+        "server": url,
+        "model": model,
+        "chat_format": args.chat_format,
+        "k": K,
+        "results": results,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2) + "\n")

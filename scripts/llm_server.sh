@@ -16,6 +16,8 @@
 # never share or stop each other's server; start exports it, so eval + stop in one shell pair up),
 # HGPSO_LLM_PORT (default: a free port),
 # HGPSO_LLM_THREADS (default: nproc), HGPSO_LLM_CTX (default 2048),
+# HGPSO_LLM_CHAT_FORMAT (default gemma: this GGUF carries no chat template, and without one
+# llama-cpp-python falls back to llama-2's [INST] format, which is not how Gemma was trained),
 # HGPSO_LLM_HEALTH_TIMEOUT (seconds, default 180).
 # A process is adopted, health-checked or stopped only after checking it is ours: its command
 # line holds our model alias and `--port PORT`, and /v1/models on that port lists our alias.
@@ -186,6 +188,7 @@ cmd_start() {
         --model "$MODEL_FILE" --model_alias "$MODEL_ALIAS" \
         --host 127.0.0.1 --port "$port" \
         --n_ctx "${HGPSO_LLM_CTX:-2048}" --n_threads "$threads" \
+        --chat_format "${HGPSO_LLM_CHAT_FORMAT:-gemma}" \
         >"$LOG_FILE" 2>&1 </dev/null &
     printf 'pid=%s\nport=%s\n' "$!" "$port" >"$STATE_FILE"
     cmd_health
