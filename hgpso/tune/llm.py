@@ -287,6 +287,10 @@ class LLMClient:
             text, remembering what the server accepted), ``"json_schema"``,
             ``"json_object"`` or ``"none"``.
         seed: forwarded to the server (llama.cpp and OpenAI honour it) for repeatability.
+            The ``n``-th :meth:`complete_json` call of a client (from 0) sends
+            ``seed + 1000 * n + attempt``: a run is repeatable call for call, and a prompt
+            that comes back unchanged (a search that stalls) still gets a fresh sample
+            instead of the same answer, which would be rejected as already tried.
         backoff: base of the wait before a retry, in seconds: ``backoff * 2**attempt`` after
             a 429 without ``Retry-After``, a tenth of that (at most 1 s) after a 5xx. A wait
             that would end past the deadline is not started.
@@ -335,6 +339,7 @@ class LLMClient:
         else:
             self._formats = [response_format]
         self.stats = LLMStats()
+        self._calls_made = 0  # complete_json calls so far: picks each call's seed
         self._client = client
         self._api_key = api_key or _env("HGPSO_LLM_API_KEY", "OPENAI_API_KEY") or "sk-no-key"
 
@@ -422,6 +427,8 @@ class LLMClient:
         import openai
 
         deadline = time.monotonic() + self.timeout
+        call_index = self._calls_made
+        self._calls_made += 1
         last: Exception | None = None
         sent = 0  # requests sent in this call
         negotiations = 0  # response_format downgrades do not use up a retry
@@ -457,7 +464,7 @@ class LLMClient:
                 "max_tokens": self.max_tokens,
             }
             if self.seed is not None:
-                kwargs["seed"] = int(self.seed) + attempt
+                kwargs["seed"] = int(self.seed) + 1000 * call_index + attempt
             rf = self._response_format(schema)
             if rf is not None:
                 kwargs["response_format"] = rf

@@ -47,6 +47,23 @@ def test_500_then_success_is_retried(fake_llm):
     assert c.stats.calls == 3 and c.stats.failures == 2 and c.stats.retries == 2
 
 
+def test_each_call_sends_its_own_seed_and_retries_step_it(fake_llm):
+    # the same prompt twice (a stalled search) must not get the same seeded sample twice
+    fake_llm.script = [good((0.1, 0.2)), ("status", 500), good((0.3, 0.4)), good((0.5, 0.6))]
+    c = client(fake_llm, seed=7)
+    msgs = [{"role": "user", "content": "the same prompt"}]
+    for _ in range(3):
+        c.complete_json(msgs)
+    assert [r["seed"] for r in fake_llm.requests] == [7, 1007, 1008, 2007]
+    # a new client with the same seed repeats the sequence call for call
+    fake_llm.requests.clear()
+    fake_llm.script = [good((0.1, 0.2)), good((0.3, 0.4))]
+    c2 = client(fake_llm, seed=7)
+    c2.complete_json(msgs)
+    c2.complete_json(msgs)
+    assert [r["seed"] for r in fake_llm.requests] == [7, 1007]
+
+
 def test_rate_limit_and_malformed_then_give_up(fake_llm):
     fake_llm.script = [("status", 429), ("ok", "not json at all"), ("raw", b"{garbage")]
     c = client(fake_llm)
