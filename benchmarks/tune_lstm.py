@@ -9,7 +9,10 @@ Objective (lower is better): validation RMSE in standardised units after ``--epo
 epochs of Adam with a fixed torch seed, so it is a deterministic function of
 ``lr, hidden, layers, window``. One evaluation = one model trained from scratch.
 
-    python -m benchmarks.tune_lstm --strategies random pso ga llm_pso llm_ga --seeds 3
+The committed runs (``benchmarks/results/tuning/lstm``), LLM strategies and peers alike::
+
+    python -m benchmarks.tune_lstm --seeds 10 --target 0.12 --strategies random pso ga
+        llm_pso llm_ga optuna_tpe optuna_cmaes optuna_random ng_pso ng_ngopt   # one line
 """
 
 from __future__ import annotations
