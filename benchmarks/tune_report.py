@@ -41,6 +41,29 @@ def _rank_key(entry: dict[str, Any], ctt: str) -> tuple[float, float, float]:
     return (m, -entry["reached"], entry["best_value_median"])
 
 
+def ranked_rows(
+    per: dict[str, Any], key: str, unit: str, best_fmt: str, wall_fmt: str
+) -> list[str]:
+    """Header and one row per method, ranked; ``key`` is ``calls_to_target`` (Rastrigin
+    summaries) or ``evals_to_target`` (``tune_common`` summaries)."""
+    lines = [
+        f"| rank | method | {unit} to target, median [IQR] | reached | best value, median "
+        "| LLM calls | LLM s | LLM tokens | wall s (all seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ranked = sorted(per.items(), key=lambda kv: _rank_key(kv[1], f"{key}_median"))
+    for i, (name, e) in enumerate(ranked, 1):
+        lo, hi = e[f"{key}_iqr"]
+        lines.append(
+            f"| {i} | {_label(name)} | {_num(e[f'{key}_median'])} "
+            f"[{_num(lo)}, {_num(hi)}] | {e['reached']}/{e['seeds']} "
+            f"| {best_fmt.format(e['best_value_median'])} | {e['llm_calls']} "
+            f"| {e['llm_seconds']:.0f} | {e['llm_tokens']} "
+            f"| {_num(e.get('wall_seconds_total'), wall_fmt)} |"
+        )
+    return lines
+
+
 def rastrigin_table(summary: dict[str, Any]) -> str:
     lines = []
     for dims, per in summary.items():
@@ -49,20 +72,9 @@ def rastrigin_table(summary: dict[str, Any]) -> str:
             f"**{dims}** (target f ≤ {first['target']:g}, budget {first['budget']} calls, "
             f"{first['seeds']} seeds)",
             "",
-            "| rank | method | calls to target, median [IQR] | reached | best f, median "
-            "| LLM calls | LLM s | LLM tokens | wall s (all seeds) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *ranked_rows(per, "calls_to_target", "calls", "{:.3g}", "{:.1f}"),
+            "",
         ]
-        ranked = sorted(per.items(), key=lambda kv: _rank_key(kv[1], "calls_to_target_median"))
-        for i, (name, e) in enumerate(ranked, 1):
-            lo, hi = e["calls_to_target_iqr"]
-            lines.append(
-                f"| {i} | {_label(name)} | {_num(e['calls_to_target_median'])} "
-                f"[{_num(lo)}, {_num(hi)}] | {e['reached']}/{e['seeds']} "
-                f"| {e['best_value_median']:.3g} | {e['llm_calls']} | {e['llm_seconds']:.0f} "
-                f"| {e['llm_tokens']} | {_num(e.get('wall_seconds_total'), '{:.1f}')} |"
-            )
-        lines.append("")
     return "\n".join(lines)
 
 
@@ -94,20 +106,8 @@ def suite_table(summary: dict[str, Any]) -> str:
         f"target {meta['target']:g}, budget {meta['budget']} evaluations, population "
         f"{meta['population']}",
         "",
-        "| rank | method | evals to target, median [IQR] | reached | best value, median "
-        "| LLM calls | LLM s | LLM tokens | wall s (all seeds) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *ranked_rows(summary["strategies"], "evals_to_target", "evals", "{:.4f}", "{:.0f}"),
     ]
-    per = summary["strategies"]
-    ranked = sorted(per.items(), key=lambda kv: _rank_key(kv[1], "evals_to_target_median"))
-    for i, (name, e) in enumerate(ranked, 1):
-        lo, hi = e["evals_to_target_iqr"]
-        lines.append(
-            f"| {i} | {_label(name)} | {_num(e['evals_to_target_median'])} "
-            f"[{_num(lo)}, {_num(hi)}] | {e['reached']}/{e['seeds']} "
-            f"| {e['best_value_median']:.4f} | {e['llm_calls']} | {e['llm_seconds']:.0f} "
-            f"| {e['llm_tokens']} | {_num(e.get('wall_seconds_total'), '{:.0f}')} |"
-        )
     return "\n".join(lines) + "\n"
 
 
