@@ -38,7 +38,8 @@ def _settings_paragraph() -> list[str]:
 
 
 def test_readme_is_a_front_page() -> None:
-    assert len(README.splitlines()) < 150
+    # a front page: install, test, one example, three ways to tune, results; the rest in docs
+    assert len(README.splitlines()) < 240
     assert "example.invalid" not in README
     assert not INDEX_INSTALL.search(README)  # there is no release on a package index
 
