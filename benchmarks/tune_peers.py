@@ -14,8 +14,8 @@ Two workarounds for nevergrad 1.0.12, both scoped to one ``run_peer`` call:
   deprecation warning). While NGOpt runs, the sklearn regressors it builds return a 0-d
   array for a single row, which is the value nevergrad meant.
 - Recast sub-optimizers (Powell, CMA inside NGOpt) wait on a non-daemon thread; when a run
-  stops early (target reached, or an error) those threads are told to stop, else the
-  interpreter waits for them forever at exit.
+  ends in an error, whose traceback keeps the optimizer alive, those threads are told to
+  stop, else the interpreter waits for them forever at exit.
 """
 
 from __future__ import annotations
@@ -107,11 +107,14 @@ def run_peer(
         return v
 
     d = len(names)
+    # import before the clock starts: a process's first run must not pay for the import
+    if name.startswith("optuna_"):
+        import optuna
+    else:
+        import nevergrad as ng
     t0 = time.perf_counter()
     try:
         if name.startswith("optuna_"):
-            import optuna
-
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             sampler = {
                 "optuna_tpe": lambda: optuna.samplers.TPESampler(seed=seed),
@@ -130,8 +133,6 @@ def run_peer(
 
             study.optimize(obj, n_trials=budget, catch=())
         else:
-            import nevergrad as ng
-
             param = ng.p.Array(shape=(d,), lower=0.0, upper=1.0)
             param.random_state = np.random.RandomState(seed)
             opt_cls = ng.optimizers.registry["PSO" if name == "ng_pso" else "NGOpt"]

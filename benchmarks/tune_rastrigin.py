@@ -133,6 +133,8 @@ def _q(values: list[float], q: float) -> float | None:
 
 
 def summarize(out: Path) -> dict:
+    if not any((out / "runs").glob("*d/*/seed*.json")):
+        raise SystemExit(f"no finished runs under {out / 'runs'}")
     summary: dict = {}
     curves: dict = {}
     for dd in sorted((out / "runs").glob("*d"), key=lambda p: int(p.name[:-1])):

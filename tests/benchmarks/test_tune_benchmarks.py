@@ -262,6 +262,14 @@ def test_rastrigin_summary_only_rebuilds_from_files(rastrigin_out, tmp_path, mon
     assert sorted(p.name for p in (out / "runs" / "2d").iterdir()) == sorted(STRATS)
 
 
+def test_rastrigin_summary_only_without_runs_says_so(tmp_path):
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    for out in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(SystemExit, match="no finished runs"):
+            tune_rastrigin.main(["--summary-only", "--out", str(out)])
+    assert not (tmp_path / "empty" / "summary.json").exists()
+
+
 def test_rastrigin_llm_without_model_is_an_error_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HGPSO_LLM_MODEL", raising=False)
     out = tmp_path / "out"
