@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
     p.add_argument("--target", type=float, nargs="*", default=None, help="one per --dims")
     # Defaults = the committed runs (benchmarks/results/rastrigin-shifted): an LLM round every
-    # 10th iteration with no cap per run. On an idle 2-core CPU Gemma 3 270M answers in ~3.5 s
-    # (2-D, k=2) and ~9 s (10-D, k=1); the llm_every sweep (every 1/5/10, 2-D) is in
+    # 10th iteration with no cap per run. On an idle 2-core CPU Gemma 3 270M answers in ~4.5 s
+    # (2-D, k=2) and ~11.5 s (10-D, k=1); the llm_every sweep (every 1/5/10, 2-D) is in
     # docs/guides/benchmarks.md with why 10 was chosen.
     p.add_argument("--k", type=int, default=2, help="points the LLM proposes per call (d<=2)")
     p.add_argument("--k-hd", type=int, default=1, help="points per call when d > 2")
