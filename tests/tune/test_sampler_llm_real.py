@@ -10,13 +10,12 @@ counted. Three generations of 4 (13 trials with the start-up trial) make two LLM
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.tune.worker_processes import run_worker_processes
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("openai")
@@ -74,24 +73,12 @@ def test_two_workers_share_one_population_and_one_llm_call_per_generation(
     script.write_text(WORKER)
     outs = [tmp_path / f"worker{i}.json" for i in range(2)]
     server = (real_llm["base_url"], real_llm["model"])
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), url, str(n), *server, str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for n, out in zip(PER_WORKER, outs, strict=True)
-    ]
-    deadline = time.monotonic() + 480  # both workers, within the test's own timeout
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=max(deadline - time.monotonic(), 1))
-            assert p.returncode == 0, err.decode()
-    finally:
-        for p in procs:  # a hung or failed worker is stopped here, never left behind
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    # both workers within one deadline, inside the test's own timeout
+    run_worker_processes(
+        script,
+        [[url, str(n), *server, str(out)] for n, out in zip(PER_WORKER, outs, strict=True)],
+        480,
+    )
     workers = {w["pid"]: w["requests"] for w in (json.loads(o.read_text()) for o in outs)}
     assert len(workers) == 2
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.tune.worker_processes import run_worker_processes
 
 optuna = pytest.importorskip("optuna")
 
@@ -35,23 +35,7 @@ WORKER = textwrap.dedent(
 def _run_workers(tmp_path: Path, url: str, total: int, workers: int) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), url, str(total)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(workers)
-    ]
-    try:
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err.decode()
-    finally:
-        for p in procs:  # a hung or failed worker is stopped here, never left behind
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    run_worker_processes(script, [[url, str(total)]] * workers, seconds=300)
 
 
 def _generations(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
