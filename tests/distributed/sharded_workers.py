@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hgpso
 from hgpso.distributed import SwarmPeerError
+from tests.distributed.workers import closure_failing_on
 
 STEPS = 6
 
@@ -155,17 +156,8 @@ def failures(rank: int, world_size: int, out: Path, *, bad_rank: int) -> None:
     def raising() -> None:
         nonlocal before
         for t, (x, y) in enumerate(data):
-
-            def closure(x: torch.Tensor = x, y: torch.Tensor = y, t: int = t) -> torch.Tensor:
-                opt.zero_grad()
-                if t == 2 and rank == bad_rank:
-                    raise ValueError("bad batch on purpose")
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                return loss
-
             before = [p.detach().clone() for p in model.parameters()]
-            opt.step(closure)
+            opt.step(closure_failing_on(opt, model, x, y, t == 2 and rank == bad_rank))
 
     results["raise"] = _outcome(raising)
     results["raise"]["params_restored"] = all(

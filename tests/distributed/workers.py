@@ -8,6 +8,7 @@ test to compare across ranks and against a one-process run on the global batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,22 @@ def train_resume(rank: int, world_size: int, out: Path, *, path: str) -> None:
     torch.save(runs, out / f"rank{rank}.pt")
 
 
+def closure_failing_on(
+    opt: torch.optim.Optimizer, net: nn.Module, x: torch.Tensor, y: torch.Tensor, fail: bool
+) -> Callable[[], torch.Tensor]:
+    """A cross-entropy closure for one batch that raises ValueError instead when ``fail``."""
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        if fail:
+            raise ValueError("bad batch on purpose")
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def fail_on_rank(rank: int, world_size: int, out: Path, *, bad_rank: int, path: str) -> None:
     """Rank ``bad_rank``'s closure raises at step 2; every rank records what it raised."""
     torch.manual_seed(0)
@@ -138,16 +155,8 @@ def fail_on_rank(rank: int, world_size: int, out: Path, *, bad_rank: int, path: 
         for t, batch in enumerate(global_batches(world_size, 4)):
             x, y = shard(batch, rank)
 
-            def closure(x: torch.Tensor = x, y: torch.Tensor = y, t: int = t) -> Any:
-                opt.zero_grad()
-                if t == 2 and rank == bad_rank:
-                    raise ValueError("bad batch on purpose")
-                loss = F.cross_entropy(net(x), y)
-                loss.backward()
-                return loss
-
             before = [p.detach().clone() for p in model.parameters()]
-            opt.step(closure)
+            opt.step(closure_failing_on(opt, net, x, y, t == 2 and rank == bad_rank))
     except SwarmPeerError as e:
         result = {"type": "SwarmPeerError", "message": str(e), "failed": e.failed_ranks}
     except Exception as e:
