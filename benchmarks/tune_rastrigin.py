@@ -39,8 +39,10 @@ import numpy as np
 from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
 try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
+    from tune_common import _q, _save
     from tune_peers import PEERS, run_peer
 except ImportError:
+    from benchmarks.tune_common import _q, _save
     from benchmarks.tune_peers import PEERS, run_peer
 
 DEFAULT_TARGETS = {2: 1.0, 10: 40.0}
@@ -121,15 +123,6 @@ def run_one(args, d: int, strategy: str, seed: int) -> dict:
             strat.llm.describe(), k=k, llm_every=args.llm_every, max_llm_calls=max_llm_calls
         )
     return out
-
-
-def _q(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile where +inf (not reached) is a legal value; None if inf."""
-    v = sorted(float(x) for x in values)
-    pos = q / 100 * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    out = v[lo] if lo == hi else v[lo] + (v[hi] - v[lo]) * (pos - lo)
-    return out if math.isfinite(out) else None
 
 
 def summarize(out: Path) -> dict:
@@ -281,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t0 = time.perf_counter()
             res = run_one(args, d, s, k)
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_suffix(".tmp")
-            tmp.write_text(json.dumps(res) + "\n")
-            tmp.replace(f)
+            _save(f, res)
             llm_s = res["llm"].get("seconds", 0.0) if res["llm"] else 0.0
             print(
                 f"{d}d {s:8s} seed {k}: calls_to_target={res['calls_to_target']} "
