@@ -42,7 +42,7 @@ def _optim_example_globals() -> dict[str, Any]:
     import torch.nn.functional as F
 
     import hgpso
-    from tests.conftest import TinyNet
+    from tests.helpers import TinyNet
 
     torch.manual_seed(0)
     model = TinyNet()

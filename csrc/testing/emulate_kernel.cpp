@@ -9,7 +9,7 @@
 //
 //   g++ -std=c++17 -O2 -shared -fPIC -I<csrc> -I<cuda>/include emulate_kernel.cpp -o emu.so
 //
-// tests/test_kernels_emulated.py builds it and drives it through ctypes.
+// tests/kernels/test_kernels_emulated.py builds it and drives it through ctypes.
 #include <stdint.h>
 
 #include <vector>

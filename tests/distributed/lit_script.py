@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import hgpso
 from hgpso.tune import Float
 from lightning_callbacks import LLMPSOCallback
-from tests.conftest import TinyNet
+from tests.helpers import TinyNet
 
 
 class Lit(pl.LightningModule):

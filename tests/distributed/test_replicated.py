@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import hgpso
-from tests.conftest import TinyNet
 from tests.distributed import workers
 from tests.distributed.launch import run_workers
+from tests.helpers import TinyNet
 
 pytestmark = pytest.mark.timeout(180)
 

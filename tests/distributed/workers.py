@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hgpso
 from hgpso.distributed import SwarmPeerError
-from tests.conftest import TinyNet
+from tests.helpers import TinyNet
 
 STEPS = 12
 SHARD = 8  # examples per rank and step

@@ -23,8 +23,8 @@ import torch
 
 from hgpso import HGPSO, kernels
 from hgpso import functional as Fn
-from tests.conftest import TinyNet, make_closure
-from tests.test_kernels import predicted_randoms
+from tests.helpers import TinyNet, make_closure
+from tests.kernels.test_kernels import predicted_randoms
 
 pytestmark = [
     pytest.mark.cuda,

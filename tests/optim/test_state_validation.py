@@ -10,7 +10,7 @@ from torch import nn
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
 from hgpso.optim import swarm as swarm_module
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 
 def _groups(model):

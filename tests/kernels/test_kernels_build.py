@@ -24,8 +24,8 @@ import torch
 from hgpso import HGPSO
 from hgpso import functional as Fn
 from hgpso.kernels import _build
-from tests.conftest import TinyNet, make_closure
-from tests.test_kernels import predicted_randoms
+from tests.helpers import TinyNet, make_closure
+from tests.kernels.test_kernels import predicted_randoms
 
 pytestmark = pytest.mark.slow
 

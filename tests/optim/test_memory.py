@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 
 def _bits(t):

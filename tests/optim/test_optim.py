@@ -12,7 +12,7 @@ from torch import nn
 import hgpso
 from hgpso import HGPSO, PSO
 from hgpso.optim.random import SwarmRandom
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 
 # --------------------------------------------------------------------------- the equation

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hgpso import HGPSO, kernels
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 _M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
 _MASK = 0xFFFFFFFF

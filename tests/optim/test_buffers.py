@@ -9,7 +9,7 @@ from torch import nn
 
 import hgpso
 from hgpso import HGPSO
-from tests.conftest import make_closure
+from tests.helpers import make_closure
 
 PATHS = ["closure", "vmap", "loop"]
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import hgpso
 from hgpso import HGPSO
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 pytest.importorskip("lightning")
 import lightning.pytorch as pl

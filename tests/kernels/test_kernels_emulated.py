@@ -23,11 +23,11 @@ import torch
 
 from hgpso import functional as Fn
 from hgpso.kernels import _build
-from tests.test_kernels import predicted_randoms
+from tests.kernels.test_kernels import predicted_randoms
 
 pytestmark = pytest.mark.slow
 
-CSRC = Path(__file__).resolve().parents[1] / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 KW = dict(lr=0.05, inertia=0.7, cognitive=1.3, social=0.9)
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 

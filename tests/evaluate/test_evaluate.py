@@ -9,7 +9,7 @@ from torch import nn
 
 import hgpso
 from hgpso import HGPSO, PSO
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 
 class SmallCNN(nn.Module):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim import lr_scheduler as S
 
 from hgpso import HGPSO, PSO
-from tests.conftest import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure
 
 #: every scheduler with only its required arguments (the rest at torch's defaults)
 SCHEDULERS = {
