@@ -31,6 +31,7 @@ fall back to their plain move. See docs/guides/llm.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -98,6 +99,65 @@ _SECRET_PATTERNS = (
 )
 
 
+def _char_forms(c: str) -> str:
+    """A regex for one character of a secret in any of the encodings a server may echo.
+
+    Literal; percent-encoded UTF-8 bytes in either hex case (``quote``, ``quote`` with
+    ``safe=""``, ``quote_plus``: which characters get encoded differs, so each one may or
+    may not be); ``+`` for a space (``quote_plus``); JSON's ``\\uXXXX`` (either case,
+    surrogate pairs above the BMP) and its backslash escapes (``\\"``, ``\\\\``, ``\\/``).
+    """
+    forms = [re.escape(c)]
+    forms.append("".join(f"%(?i:{b:02x})" for b in c.encode("utf-8")))
+    if c == " ":
+        forms.append(r"\+")
+    units = c.encode("utf-16-be")
+    forms.append(
+        "".join(
+            rf"\\u(?i:{int.from_bytes(units[i : i + 2], 'big'):04x})"
+            for i in range(0, len(units), 2)
+        )
+    )
+    if c in "\"'\\/":
+        forms.append(re.escape("\\" + c))
+    # longest first: the escaped form of ``\\`` must not stop at its first backslash
+    return "(?:" + "|".join(forms[::-1]) + ")"
+
+
+_B64_ALPHABETS = (
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+)
+
+
+def _base64_cores(secret: bytes) -> set[str]:
+    """The base64 characters that depend on ``secret`` alone, at each of the 3 alignments.
+
+    A secret encoded on its own or inside a longer value (``Basic base64(user:key)``) starts
+    at a byte offset ``r`` mod 3 of its group; the characters whose 6 bits all come from the
+    secret are the same whatever surrounds it, with or without ``=`` padding, so replacing
+    them hides it in every such form (standard and URL-safe alphabets).
+    """
+    cores = set()
+    bits = "".join(f"{b:08b}" for b in secret)
+    for r in range(3):
+        lead = (-(2 * r)) % 6  # bits to skip so that the first char starts on a 6-bit slot
+        body = bits[lead:]
+        body = body[: len(body) - len(body) % 6]
+        for alphabet in _B64_ALPHABETS:
+            core = "".join(alphabet[int(body[i : i + 6], 2)] for i in range(0, len(body), 6))
+            if len(core) >= 4:
+                cores.add(core)
+    return cores
+
+
+@functools.lru_cache(maxsize=16)  # a client scrubs every warning with the same key
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    forms = ["".join(_char_forms(c) for c in secret)]
+    forms += sorted((re.escape(c) for c in _base64_cores(secret.encode("utf-8"))), key=len)[::-1]
+    return re.compile("|".join(forms))
+
+
 def scrub_secrets(text: str, secrets: Iterable[str] = (), max_chars: int | None = None) -> str:
     """``text`` with API keys, ``Bearer`` tokens and ``Authorization`` values replaced.
 
@@ -105,14 +165,16 @@ def scrub_secrets(text: str, secrets: Iterable[str] = (), max_chars: int | None 
     :class:`LLMError` text, and the warnings ``LLMPSOCallback`` re-emits) goes through it,
     since a hostile or misconfigured server may echo the request headers back in its error
     body. Each string in ``secrets`` (at least 4 characters long) is replaced wherever it
-    occurs; ``Bearer <token>``, ``Authorization: <value>`` and ``sk-...`` keys are replaced
-    whatever their value. With ``max_chars``, the scrubbed text is cut to that many
-    characters (plus ``"..."``); the cut comes after the scrubbing, so it cannot leave the
-    head of a secret behind.
+    occurs: literally, URL-encoded (``quote``, ``quote_plus``, any safe set, either hex
+    case), JSON-escaped, or base64-encoded (standard or URL-safe alphabet, padded or not,
+    alone or inside a longer encoded value); ``Bearer <token>``, ``Authorization: <value>``
+    and ``sk-...`` keys are replaced whatever their value. With ``max_chars``, the scrubbed
+    text is cut to that many characters (plus ``"..."``); the cut comes after the
+    scrubbing, so it cannot leave the head of a secret behind.
     """
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+            text = _secret_pattern(secret).sub("***", text)
     text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + "***", text)
     text = _SECRET_PATTERNS[1].sub("Bearer ***", text)
     text = _SECRET_PATTERNS[2].sub("sk-***", text)
@@ -357,6 +419,15 @@ class LLMClient:
             "max_retries": self.max_retries,
             "response_format": self._formats[0],
         }
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this client's API key (in every form :func:`scrub_secrets` knows)
+        and any ``Bearer``/``Authorization``/``sk-`` token replaced by ``***``.
+
+        For code that re-emits text derived from a server's reply (warnings, logs, results)
+        without reading the key itself.
+        """
+        return scrub_secrets(text, [self._api_key])
 
     @property
     def client(self) -> Any:

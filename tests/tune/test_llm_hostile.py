@@ -274,3 +274,75 @@ def test_trainer_fit_survives_hostile_answers_and_warnings_are_scrubbed(fake_llm
     assert cb.decisions == 4 and t.current_epoch == 4
     assert cb.strategy.llm_stats.fallbacks >= 3
     assert all(SECRET not in str(w.message) for w in caught)
+
+
+# Issue 24: the key echoed back encoded. The key has characters that each encoding treats
+# differently ("+" and "/" are quoted by quote(safe="") and quote_plus, "/" is kept by
+# quote(), "~" is never quoted, "/" may be JSON-escaped as "\/").
+ODD_KEY = "hgpsoSECRET-Zq9+/xYw~k3y!"
+
+
+def encoded_forms(key):
+    import base64
+    import urllib.parse
+
+    raw = key.encode()
+    forms = {
+        "literal": key,
+        "quote": urllib.parse.quote(key),
+        "quote safe=''": urllib.parse.quote(key, safe=""),
+        "quote_plus": urllib.parse.quote_plus(key),
+        "quote lower-case hex": urllib.parse.quote(key, safe="").replace("%2B", "%2b"),
+        "json": json.dumps(key)[1:-1],
+        "json ascii \\/": json.dumps(key).replace("/", "\\/")[1:-1],
+        "json \\u": "".join(f"\\u{ord(c):04x}" for c in key),
+    }
+    for name, enc in (("b64", base64.b64encode), ("b64 urlsafe", base64.urlsafe_b64encode)):
+        for prefix in (b"", b"u:", b"ab:"):  # alone, and inside Basic base64("user:key")
+            text = enc(prefix + raw).decode()
+            forms[f"{name} {prefix!r}"] = text
+            forms[f"{name} {prefix!r} unpadded"] = text.rstrip("=")
+    return forms
+
+
+@pytest.mark.parametrize("form", sorted(encoded_forms(ODD_KEY)))
+def test_scrub_secrets_replaces_each_encoded_form(form):
+    encoded = encoded_forms(ODD_KEY)[form]
+    out = scrub_secrets(f"invalid api key {encoded} (check it)", [ODD_KEY])
+    assert encoded not in out and "***" in out
+    assert out.startswith("invalid api key ") and out.endswith(" (check it)")
+
+
+def test_scrub_secrets_non_ascii_and_escaped_characters():
+    import urllib.parse
+
+    key = 'pass word é😀"\\%'
+    for encoded in (
+        urllib.parse.quote_plus(key),
+        urllib.parse.quote(key),
+        json.dumps(key)[1:-1],
+        json.dumps(key, ensure_ascii=False)[1:-1],
+    ):
+        assert scrub_secrets(f"[{encoded}]", [key]) == "[***]", encoded
+
+
+def test_url_encoded_key_echoed_by_the_server_never_surfaces(fake_llm):
+    forms = encoded_forms(ODD_KEY)
+    echo = "invalid api key " + " / ".join(forms.values())
+    fake_llm.default = ("error", (401, echo))
+    c = LLMClient(base_url=fake_llm.url, model="fake", api_key=ODD_KEY, max_retries=0)
+    with pytest.raises(LLMError) as ei:
+        c.complete_json(HI)
+    # the message is cut at 300 characters: every form before the cut must be gone
+    assert "invalid api key ***" in str(ei.value)
+    assert not any(f in str(ei.value) for f in forms.values())
+    st = LLMPSO(SPACE, population=4, seed=0, llm=c, k=2)
+    st.tell(st.ask(), [0.0, 1.0, 2.0, 3.0])
+    _, msgs = ask_with_fallback(st)
+    assert msgs and not any(f in m for m in msgs for f in forms.values())
+    # the public method scrubs the client's own key, and the generic patterns, in any text
+    # (base64 keeps the characters shared with its surroundings: "YWI6***Q==")
+    scrubbed = c.scrub(echo)
+    assert scrubbed.count("***") == len(forms)
+    assert not any(f in scrubbed for f in forms.values())
+    assert c.scrub("Bearer abc.def") == "Bearer ***"
