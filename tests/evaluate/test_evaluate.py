@@ -9,18 +9,19 @@ from torch import nn
 
 import hgpso
 from hgpso import HGPSO, PSO
-from tests.helpers import TinyNet, make_closure
+from tests.helpers import TinyNet, assert_same_state, make_closure
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, dropout: float = 0.0) -> None:
+    def __init__(self, dropout: float = 0.0, batchnorm: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = nn.BatchNorm2d(4) if batchnorm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(4 * 6 * 6, 5)
 
     def forward(self, x):
-        return self.fc(self.drop(torch.relu(self.conv(x)).flatten(1)))
+        return self.fc(self.drop(torch.relu(self.norm(self.conv(x))).flatten(1)))
 
 
 def _closure_run(model, x, y, steps, cls=HGPSO, **kw):
@@ -41,31 +42,45 @@ def _vector_run(model, x, y, steps, strategy, cls=HGPSO, chunk_size=None, **kw):
     return opt
 
 
-def _assert_same_swarm(a, b, model_a, model_b, atol=1e-5):
+# what state["swarm"] must hold for the comparison below to mean anything
+SWARM_KEYS = {
+    "step", "pbest_losses", "gbest_index", "gbest_loss", "rng_state", "kernel_seed",
+    "success_rate", "loss_ema", "best_loss_ema", "steps_since_improvement", "lr_scale",
+    "nan_reseeds", "evaluations", "buffers", "gbest_buffers",
+}  # fmt: skip
+
+
+def _assert_same_swarm(a, b, model_a, model_b, atol=1e-5, rtol=1e-4):
+    """All of both optimizers' state, the way torch's Adam parity tests compare all state:
+    ``state_dict()`` entry by entry (each parameter's position, velocity, pbest and gbest;
+    every entry of ``state["swarm"]``: losses, bests, per-particle, pbest and gbest buffers,
+    the adaptation scalars, the counters, the random stream; the param groups), then the
+    model (the global best's weights and buffers). Floating-point values within
+    ``atol``/``rtol`` (the paths round differently), everything else equal."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert SWARM_KEYS <= sa["state"]["swarm"].keys(), SWARM_KEYS - sa["state"]["swarm"].keys()
+    assert_same_state(sb, sa, "state_dict", rtol=rtol, atol=atol)
+    assert_same_state(model_b.state_dict(), model_a.state_dict(), "model", rtol=rtol, atol=atol)
     for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
         if not pa.requires_grad:
             assert pa not in a.state and pb not in b.state
-            continue
-        assert a.state[pa].keys() == b.state[pb].keys()
-        for key in a.state[pa]:
-            torch.testing.assert_close(a.state[pa][key], b.state[pb][key], atol=atol, rtol=1e-4)
-        torch.testing.assert_close(pa, pb, atol=atol, rtol=1e-4)
-    torch.testing.assert_close(
-        a.state["swarm"]["pbest_losses"], b.state["swarm"]["pbest_losses"], atol=atol, rtol=1e-4
-    )
-    assert a.state["swarm"]["gbest_index"] == b.state["swarm"]["gbest_index"]
 
 
+@pytest.mark.parametrize("batchnorm", [False, True], ids=["plain", "batchnorm"])
 @pytest.mark.parametrize("strategy,chunk_size", [("vmap", None), ("vmap", 2), ("loop", None)])
 @pytest.mark.parametrize("cls", [HGPSO, PSO])
-def test_paths_give_the_same_swarm(strategy, chunk_size, cls):
+def test_paths_give_the_same_swarm(strategy, chunk_size, cls, batchnorm):
     torch.manual_seed(0)
-    model = SmallCNN()
+    model = SmallCNN(batchnorm=batchnorm)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 5, (16,))
     model2 = copy.deepcopy(model)
-    kw = {"num_particles": 5, "seed": 11}
-    a = _closure_run(model, x, y, 4, cls=cls, **kw)
-    b = _vector_run(model2, x, y, 4, strategy, cls=cls, chunk_size=chunk_size, **kw)
+    # forget < 1 keeps pbest buffers; lr_patience 1 makes the adaptation move lr_scale
+    kw = {"num_particles": 5, "seed": 11, "forget": 0.5, "lr_patience": 1, "tol": 0.5}
+    a = _closure_run(model, x, y, 5, cls=cls, **kw)
+    b = _vector_run(model2, x, y, 5, strategy, cls=cls, chunk_size=chunk_size, **kw)
+    swarm = a.state["swarm"]
+    assert swarm["lr_scale"] < 1.0 and swarm["evaluations"] == 25  # the adaptation ran
+    assert bool(swarm["buffers"]) == bool(swarm["pbest_buffers"]) == batchnorm
     _assert_same_swarm(a, b, model, model2)
 
 

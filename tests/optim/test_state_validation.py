@@ -10,7 +10,7 @@ from torch import nn
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
 from hgpso.optim import swarm as swarm_module
-from tests.helpers import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure, same_bits
 
 
 def _groups(model):
@@ -35,22 +35,13 @@ def _snapshot(model, opt):
     return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 
 
-def _same_bits(a, b):
-    """Equal bit for bit (torch.equal calls -0.0 and 0.0 equal, and NaN unequal to itself)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        a, b = a.view(torch.int32), b.view(torch.int32)
-    return torch.equal(a, b)
-
-
 def _assert_same_state(now, then):
     assert now["state"].keys() == then["state"].keys()
     for k, entry in then["state"].items():
         assert now["state"][k].keys() == entry.keys(), k
         for key, value in entry.items():
             if isinstance(value, torch.Tensor):
-                assert _same_bits(now["state"][k][key], value), (k, key)
+                assert same_bits(now["state"][k][key], value), (k, key)
             else:
                 assert now["state"][k][key] == value, (k, key)
 
@@ -58,7 +49,7 @@ def _assert_same_state(now, then):
 def _assert_unchanged(model, opt, snap):
     model_sd, opt_sd = snap
     for k, v in model.state_dict().items():
-        assert _same_bits(v, model_sd[k]), k
+        assert same_bits(v, model_sd[k]), k
     _assert_same_state(opt.state_dict(), opt_sd)
 
 
@@ -206,14 +197,14 @@ def test_a_failing_step_leaves_model_on_gbest_and_swarm_state_intact(stage, forg
             opt.step(closure)
     opt.param_groups[1]["max_velocity"] = None
     for p, g in zip(model.parameters(), gbest, strict=True):
-        assert _same_bits(p.detach(), g)
+        assert same_bits(p.detach(), g)
     _assert_unchanged(model, opt, snap)
     # the step after the failure is the step the optimizer would have made without it
     model2, opt2, _, _ = _trained(groups=True, forget=forget)
     opt.step(_closure(opt, model, x, y, nan_particle))
     opt2.step(_closure(opt2, model2, x, y, nan_particle))
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
-        assert _same_bits(p.detach(), q.detach())
+        assert same_bits(p.detach(), q.detach())
     _assert_same_state(opt.state_dict(), opt2.state_dict())
     assert opt.state["swarm"]["nan_reseeds"] == (1 if nan_particle is not None else 0)
 
@@ -287,12 +278,48 @@ def test_parameter_without_gradient_counts_as_zero():
 
 
 def test_pso_closure_needs_no_backward():
+    """PSO is gradient-free: a closure that only computes the loss (under no_grad, no
+    backward) scores the swarm. Each step calls it once per particle, with the model on that
+    particle's position; its losses become the personal bests and pick the global best; the
+    particles move; no gradient is made; the model is left on the global best."""
     torch.manual_seed(0)
     model = TinyNet()
+    params = list(model.parameters())
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-    opt = PSO(model.parameters(), num_particles=3, seed=0)
-    with torch.no_grad():
-        opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    opt = PSO(model.parameters(), num_particles=3, forget=0.0, seed=0)
+    calls = []  # (the weights the model held, the loss returned), one per call
+
+    def closure():
+        loss = nn.functional.cross_entropy(model(x), y)
+        calls.append(([p.detach().clone() for p in params], loss.item()))
+        return loss
+
+    opt.swarm  # noqa: B018 (creates the swarm: the positions the particles are scored at)
+    for step in range(2):
+        start = [opt.state[p]["position"].clone() for p in params]
+        pbests = opt.state["swarm"]["pbest_losses"].clone()
+        with torch.no_grad():
+            opt.step(closure)
+        scored = calls[3 * step :]
+        assert len(scored) == 3, f"step {step}: {len(scored)} closure calls for 3 particles"
+        for i, (weights, _) in enumerate(scored):  # call i scored particle i where it stood
+            for w, pos in zip(weights, start, strict=True):
+                assert torch.equal(w, pos[i]), f"step {step}: call {i} was not at particle {i}"
+        losses = torch.tensor([loss for _, loss in scored])
+        swarm = opt.state["swarm"]
+        want = losses if step == 0 else torch.minimum(pbests, losses)  # forget=0: keep bests
+        torch.testing.assert_close(swarm["pbest_losses"], want)
+        best = int(torch.argmin(want))
+        assert swarm["gbest_index"] == best
+        assert swarm["gbest_loss"] == pytest.approx(float(want[best]))
+        assert swarm["evaluations"] == 3 * (step + 1)
+        for p, g, pos in zip(params, opt.gbest(), start, strict=True):
+            assert p.grad is None
+            assert not torch.equal(opt.state[p]["position"], pos)  # the particles moved
+            assert torch.equal(p.detach(), g)
+        assert nn.functional.cross_entropy(model(x), y).item() == pytest.approx(
+            swarm["gbest_loss"], rel=1e-6
+        )
 
 
 def test_same_parameter_twice_is_an_error():
