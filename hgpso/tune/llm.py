@@ -24,18 +24,22 @@ Failure handling: ``timeout`` is one wall-clock deadline for the whole
 included. Within it a request is retried up to ``max_retries`` times on timeouts, connection
 errors, HTTP 5xx, rate limits (429, honouring ``Retry-After``) and on answers that are empty,
 longer than :data:`MAX_REPLY_CHARS` or not parseable JSON; a wait that would end past the
-deadline is not started. After that :meth:`LLMClient.complete_json` raises :class:`LLMError`
-(its message scrubbed of keys and tokens by :func:`scrub_secrets`), which strategies catch to
+deadline is not started. A request still running at the deadline is ended (its socket shut
+down), and no response body is read past :data:`MAX_REPLY_BYTES` bytes off the socket.
+After that :meth:`LLMClient.complete_json` raises :class:`LLMError` (its message scrubbed
+of keys and tokens by :func:`scrub_secrets`), which strategies catch to
 fall back to their plain move. See docs/guides/llm.md.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -87,6 +91,10 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 #: Replies longer than this many characters are rejected unparsed (a counted fallback): a
 #: points answer is a few hundred bytes, and a hostile megabyte reply must not cost seconds.
 MAX_REPLY_CHARS = 262_144
+#: Bytes of one response body read from the socket (any status), counted before decoding:
+#: room for a ``MAX_REPLY_CHARS`` answer JSON-escaped in its envelope; reading stops and the
+#: connection is closed beyond it, so an endless body costs at most this much memory.
+MAX_REPLY_BYTES = 8 * MAX_REPLY_CHARS
 #: At most this many ``{``/``[`` start positions are tried per candidate text; each try is
 #: one linear-time decode from an offset (no copy of the tail), so the work is bounded by
 #: ``MAX_DECODE_ATTEMPTS * len(text)``.
@@ -325,6 +333,159 @@ def _retry_after(err: Exception) -> float | None:
     return out if out is not None and math.isfinite(out) and out >= 0 else None
 
 
+class _ReplyAborted(Exception):
+    """The request guard stopped reading a response; the message says why."""
+
+
+class _RequestGuard:
+    """The limits of one request, shared by the thread that sends it and the caller.
+
+    The caller cannot stop a thread blocked in a socket read, but it can shut the socket
+    down: :meth:`cancel` does that for every socket the request opened, so the read returns
+    at once and the thread ends instead of downloading on after the deadline.
+    """
+
+    def __init__(self, deadline: float, max_bytes: int) -> None:
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+        self.cancelled = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def attach(self, sock: Any) -> None:
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            cancelled = self.cancelled
+        if cancelled:
+            _shutdown(sock)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+    def check(self, nbytes: int) -> None:
+        """Called after each chunk read: raise once the reply must not be read further."""
+        if self.cancelled:
+            raise _ReplyAborted("the request was cancelled at the deadline")
+        if nbytes > self.max_bytes:
+            raise _ReplyAborted(f"reply body past the byte cap ({self.max_bytes} bytes)")
+        if time.monotonic() > self.deadline:
+            raise _ReplyAborted("reply still arriving at the deadline")
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        # the plain socket's shutdown, also for TLS: it wakes a read blocked in another
+        # thread without touching the SSL object that thread is using
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # already closed by the request's own thread
+        pass
+
+
+_GUARD = threading.local()  # the guard of the request this thread is sending, if any
+
+
+def _current_guard() -> _RequestGuard:
+    guard = getattr(_GUARD, "current", None)
+    # a request sent outside _create (someone using .client directly) still gets the cap
+    return guard if guard is not None else _RequestGuard(math.inf, MAX_REPLY_BYTES)
+
+
+def _socket_of(stream: Any) -> Any:
+    get = getattr(stream, "get_extra_info", None)
+    return get("socket") if get is not None else None
+
+
+def _http_module() -> Any:
+    """``httpx`` or its successor ``httpx2``: whichever this ``openai`` builds on."""
+    import openai
+
+    for base in type.mro(openai.DefaultHttpxClient):
+        root = base.__module__.split(".")[0]
+        if root in ("httpx", "httpx2"):
+            return importlib.import_module(root)
+    return importlib.import_module("httpx")  # pragma: no cover - openai < 1.17
+
+
+@functools.lru_cache(maxsize=2)
+def _guarded_stream_class(http: Any) -> type:
+    class GuardedStream(http.SyncByteStream):
+        """A response body that counts the bytes read off the socket and checks the guard."""
+
+        def __init__(self, inner: Any, guard: _RequestGuard) -> None:
+            self._inner = inner
+            self._guard = guard
+
+        def __iter__(self) -> Any:
+            n = 0
+            for chunk in self._inner:
+                n += len(chunk)
+                self._guard.check(n)
+                yield chunk
+
+        def close(self) -> None:
+            self._inner.close()
+
+    return GuardedStream
+
+
+def _guarded_http_client(timeout: float) -> Any:
+    """An HTTP client whose every request obeys the :class:`_RequestGuard` of its thread.
+
+    Its hooks record each socket the request opens (through httpcore's ``trace``
+    extension, as it connects, so a server trickling its headers can be cut off too) and
+    wrap the body so that reading stops at :data:`MAX_REPLY_BYTES` or at the deadline.
+    Connections are not kept alive: each request opens its own socket, which the guard
+    knows from the start (a reused one would only be known once the headers arrived).
+    """
+    http = _http_module()
+    stream_class = _guarded_stream_class(http)
+
+    def on_request(request: Any) -> None:
+        guard = _current_guard()
+        # compressed bodies would be inflated after the byte count: a small gzip bomb
+        # could still fill the memory
+        request.headers["Accept-Encoding"] = "identity"
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+                guard.attach(_socket_of(info.get("return_value")))
+
+        request.extensions["trace"] = trace
+
+    def on_response(response: Any) -> None:
+        guard = _current_guard()
+        guard.attach(_socket_of(response.extensions.get("network_stream")))
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise _ReplyAborted(f"reply compressed ({encoding}) although identity was asked")
+        response.stream = stream_class(response.stream, guard)
+
+    return http.Client(
+        timeout=timeout,
+        follow_redirects=True,  # as openai's own default client
+        limits=http.Limits(max_keepalive_connections=0),
+        event_hooks={"request": [on_request], "response": [on_response]},
+    )
+
+
+def _describe(err: BaseException) -> str:
+    """``Type: message`` of an error, or the guard's reason when it caused the error."""
+    seen: BaseException | None = err
+    for _ in range(4):  # openai may wrap it (APIConnectionError from ...)
+        if seen is None:
+            break
+        if isinstance(seen, _ReplyAborted):
+            return f"reply aborted: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(err).__name__}: {err}"
+
+
 def _env(*names: str) -> str | None:
     for n in names:
         v = os.environ.get(n)
@@ -343,7 +504,8 @@ class LLMClient:
             every attempt, from sending it to the whole answer read (a server trickling
             bytes cannot stretch it), and every back-off or ``Retry-After`` wait between
             attempts. Each attempt gets the time that is left; a request still running at
-            the deadline is abandoned on a daemon thread and counted as a failure.
+            the deadline is ended (its thread stops reading, its socket is shut down) and
+            counted as a failure. With ``client=``, it is only abandoned (see :meth:`_create`).
         max_retries: extra attempts after a failed request (0 = one attempt only).
         response_format: ``"auto"`` (try a JSON schema, then a JSON object, then plain
             text, remembering what the server accepted), ``"json_schema"``,
@@ -440,7 +602,11 @@ class LLMClient:
                     '(from a clone of hgpso: pip install -e ".[llm]")'
                 ) from e
             self._client = openai.OpenAI(
-                base_url=self.base_url, api_key=self._api_key, timeout=self.timeout, max_retries=0
+                base_url=self.base_url,
+                api_key=self._api_key,
+                timeout=self.timeout,
+                max_retries=0,
+                http_client=_guarded_http_client(self.timeout),
             )
         return self._client
 
@@ -449,23 +615,30 @@ class LLMClient:
 
         httpx's timeout bounds each socket read, so a server sending one byte a second never
         trips it. The request runs on a daemon thread that we stop waiting for after
-        ``budget`` seconds; the abandoned thread ends when its socket read times out (each
-        read is also limited to ``budget``) or the server finishes, and its result is
-        dropped.
+        ``budget`` seconds. With the client this class builds, the request's
+        :class:`_RequestGuard` then shuts its socket down, so the thread stops reading and
+        ends; the guard also ends the body read at :data:`MAX_REPLY_BYTES` or at the
+        deadline. A ``client=`` passed in has no guard: its abandoned thread ends when its
+        own timeouts fire or the server finishes, and its result is dropped.
         """
 
         box: dict[str, Any] = {}
+        guard = _RequestGuard(time.monotonic() + budget, MAX_REPLY_BYTES)
 
         def work() -> None:
+            _GUARD.current = guard
             try:
                 box["resp"] = self.client.chat.completions.create(**kwargs, timeout=budget)
             except BaseException as e:  # handed to the caller's thread
                 box["err"] = e
+            finally:
+                _GUARD.current = None
 
         t = threading.Thread(target=work, name="hgpso-llm-request", daemon=True)
         t.start()
         t.join(budget)
         if t.is_alive():
+            guard.cancel()
             raise TimeoutError(f"no complete answer within the {self.timeout:g} s deadline")
         if "err" in box:
             raise box["err"]
@@ -598,7 +771,7 @@ class LLMClient:
                 self.stats.failures += 1
                 last = e
                 continue
-        detail = f"{type(last).__name__}: {last}" if last is not None else "no answer"
+        detail = _describe(last) if last is not None else "no answer"
         if gave_up:
             detail = f"{gave_up}; last error {detail}"
         detail = scrub_secrets(detail, [self._api_key], max_chars=_MAX_MESSAGE)

@@ -1,18 +1,24 @@
 """A hostile OpenAI-compatible server (fake, on loopback): nothing it sends escapes ``ask()``.
 
-Each case of issue 13 ("LLM client and strategies") has a test here: deeply nested and
-huge answers, numbers too large for a float, a server trickling one byte at a time, one
-deadline for a whole call (retries, back-off and Retry-After waits included),
-Retry-After, truthful attempt counts, secrets echoed back, and an unrelated 400.
+Each case of issues 13 ("LLM client and strategies") and 24 ("hardening, round 2") has a
+test here: deeply nested and huge answers, numbers too large for a float, a server trickling
+one byte at a time, one deadline for a whole call (retries, back-off and Retry-After waits
+included), Retry-After, truthful attempt counts, secrets echoed back (also URL-encoded,
+JSON-escaped, base64), an unrelated 400, and replies that never end (the request's thread
+and socket end with the call; the byte cap counts socket bytes).
 """
 
+import gzip
 import json
+import os
+import threading
 import time
 import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hgpso.tune import LLMPSO, Float, LLMClient, LLMError, SearchSpace
+from hgpso.tune import LLMPSO, Float, LLMClient, LLMError, SearchSpace, make_strategy
 from hgpso.tune import llm as llm_mod
 from hgpso.tune.llm import (
     MAX_DECODE_ATTEMPTS,
@@ -21,6 +27,8 @@ from hgpso.tune.llm import (
     parse_points,
     scrub_secrets,
 )
+
+from .conftest import chat_body
 
 SPACE = SearchSpace({"x": Float(-1.0, 1.0), "y": Float(-1.0, 1.0)})
 SECRET = "sk-hostile-SECRET-987"
@@ -346,3 +354,148 @@ def test_url_encoded_key_echoed_by_the_server_never_surfaces(fake_llm):
     assert scrubbed.count("***") == len(forms)
     assert not any(f in scrubbed for f in forms.values())
     assert c.scrub("Bearer abc.def") == "Bearer ***"
+
+
+# Issue 24: a reply that never ends. The deadline must end the request itself (its thread
+# and socket), and the size cap must count the bytes read off the socket.
+class EndlessServer:
+    """A loopback server whose reply never ends: ``endless`` sends 200 then a chunked body
+    of 64 KiB chunks forever, ``trickle_body`` one body byte a second, ``trickle_headers``
+    one header byte a second; ``gzip`` sends ``body`` gzip-compressed (and does end).
+    ``open_handlers`` counts connections it still writes to."""
+
+    def __init__(self, mode, body=b""):
+        self.stop = threading.Event()
+        self.headers = []
+        self.open_handlers = 0
+        srv = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def chunk(self, data):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                srv.headers.append({k.lower(): v for k, v in self.headers.items()})
+                srv.open_handlers += 1
+                try:
+                    if mode == "gzip":
+                        payload = gzip.compress(body)
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Encoding", "gzip")
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                    if mode == "trickle_headers":
+                        head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 100_000
+                        for i in range(len(head)):
+                            if srv.stop.is_set():
+                                return
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                            srv.stop.wait(1.0)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.chunk(b'{"choices":[{"message":{"content":"')
+                    while not srv.stop.is_set():
+                        if mode == "endless":
+                            self.chunk(b"a" * 65536)
+                        else:
+                            self.chunk(b"a")
+                            srv.stop.wait(1.0)
+                except OSError:  # the client closed the connection: what we want
+                    pass
+                finally:
+                    srv.open_handlers -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def rss_bytes():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")  # pragma: no cover
+
+
+def request_threads():
+    return [t for t in threading.enumerate() if t.name == "hgpso-llm-request" and t.is_alive()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("endless", "byte cap"),
+        ("trickle_body", "deadline"),
+        ("trickle_headers", "deadline"),
+    ],
+)
+def test_a_reply_that_never_ends_ends_with_its_request(mode, reason):
+    srv = EndlessServer(mode)
+    try:
+        c = LLMClient(base_url=srv.url, model="fake", api_key=SECRET, timeout=1.0, max_retries=0)
+        st = make_strategy("llm_pso", SPACE, population=4, seed=0, llm=c, k=2)
+        before = rss_bytes()
+        for _ in range(3):  # the first ask is the plain swarm, then two LLM rounds
+            t0 = time.perf_counter()
+            pts, msgs = ask_with_fallback(st)
+            assert time.perf_counter() - t0 < 1.0 + SLACK
+            st.tell(pts, [float(i) for i in range(len(pts))])
+        assert st.llm_stats.fallbacks == 2 and st.llm_stats.calls == 2
+        assert msgs and reason in msgs[-1], msgs
+        time.sleep(1.0)
+        assert request_threads() == []
+        # the server sees each connection closed at its next write or two (1 s apart)
+        give_up = time.monotonic() + 3.0
+        while srv.open_handlers and time.monotonic() < give_up:
+            time.sleep(0.1)
+        assert srv.open_handlers == 0
+        assert rss_bytes() - before < 50 * 2**20
+    finally:
+        srv.close()
+
+
+def test_the_byte_cap_counts_socket_bytes_not_decoded_text(fake_llm, monkeypatch):
+    # a small cap and a reply just above it: the body read stops at the cap, whatever the
+    # decoded answer would have been
+    monkeypatch.setattr(llm_mod, "MAX_REPLY_BYTES", 1000)
+    fake_llm.default = ("ok", '{"points": []}' + " " * 2000)
+    c = client(fake_llm, max_retries=0)
+    with pytest.raises(LLMError, match="byte cap"):
+        c.complete_json(HI)
+    fake_llm.default = ("ok", '{"points": []}' + " " * 500)
+    assert client(fake_llm, max_retries=0).complete_json(HI) == {"points": []}
+
+
+def test_a_compressed_reply_is_refused_before_it_is_inflated():
+    # 1 MB of answer in ~1 KB of gzip: counted compressed, it would pass any byte cap
+    answer = json.dumps(chat_body('{"points": []}' + " " * 10**6)).encode()
+    srv = EndlessServer("gzip", answer)
+    try:
+        c = LLMClient(base_url=srv.url, model="fake", api_key=SECRET, max_retries=0)
+        with pytest.raises(LLMError, match="compressed"):
+            c.complete_json(HI)
+        assert srv.headers[-1]["accept-encoding"] == "identity"
+    finally:
+        srv.close()
