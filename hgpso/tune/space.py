@@ -68,6 +68,35 @@ def _as_number(value: Any) -> float:
     return out
 
 
+def _check_bounds(cls: str, low: Any, high: Any) -> tuple[float, float]:
+    """``low``/``high`` as finite floats, or an error naming the bad argument.
+
+    Checked at construction, so a bad bound fails there and not as a raw conversion error
+    (``int(nan)``) or a NaN decode later.
+    """
+    out = []
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{cls} {name} must be a number, got {value!r}")
+        try:
+            x = float(value)
+        except OverflowError:  # an int past the float range
+            raise ValueError(f"{cls} {name} must be finite, got {value!r}") from None
+        if not math.isfinite(x):
+            raise ValueError(f"{cls} {name} must be finite, got {value!r}")
+        out.append(x)
+    return out[0], out[1]
+
+
+def _check_span(cls: str, lo: float, hi: float) -> None:
+    # decode computes lo + u * (hi - lo): a span past the float range makes that NaN
+    if not math.isfinite(hi - lo):
+        raise ValueError(
+            f"{cls} span high - low overflows a float (low={lo!r}, high={hi!r}); "
+            "narrow the bounds or use log=True"
+        )
+
+
 @dataclass(frozen=True)
 class Float(Param):
     """A real parameter in ``[low, high]``, on a linear or a log scale."""
@@ -78,12 +107,13 @@ class Float(Param):
     kind = "float"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("Float bounds must be finite")
-        if not self.low < self.high:
+        low, high = _check_bounds("Float", self.low, self.high)
+        if not low < high:
             raise ValueError(f"Float needs low < high, got [{self.low}, {self.high}]")
-        if self.log and self.low <= 0:
+        if self.log and low <= 0:
             raise ValueError("Float(log=True) needs low > 0")
+        if not self.log:
+            _check_span("Float", low, high)
 
     def _lo_hi(self) -> tuple[float, float]:
         if self.log:
@@ -120,8 +150,12 @@ class Int(Param):
     kind = "int"
 
     def __post_init__(self) -> None:
-        if int(self.low) != self.low or int(self.high) != self.high:
-            raise ValueError("Int bounds must be integers")
+        low, high = _check_bounds("Int", self.low, self.high)
+        for name, value in (("low", self.low), ("high", self.high)):
+            if int(value) != value:
+                raise ValueError(f"Int {name} must be an integer, got {value!r}")
+        if not self.log:
+            _check_span("Int", low - 0.5, high + 0.5)
         if not self.low <= self.high:
             raise ValueError(f"Int needs low <= high, got [{self.low}, {self.high}]")
         if self.log and self.low <= 0:

@@ -75,3 +75,39 @@ def test_decode_is_total_and_initial_points_fixed_per_seed():
         s.coerce(s.decode(u))  # never raises, always in bounds
     a, b = s.initial_unit(3, 5), s.initial_unit(3, 5)
     assert np.array_equal(a, b) and not np.array_equal(a, s.initial_unit(4, 5))
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda: Int(math.nan, 3), "Int low must be finite"),
+        (lambda: Int(0, math.inf), "Int high must be finite"),
+        (lambda: Int(0, 10**400), "Int high must be finite"),
+        (lambda: Int(0, 2.5), "Int high must be an integer"),
+        (lambda: Float(math.nan, 1.0), "Float low must be finite"),
+        (lambda: Float(0.0, math.inf), "Float high must be finite"),
+        (lambda: Float(-math.inf, 0.0, log=True), "Float low must be finite"),
+        (lambda: Float(-1e308, 1e308), "Float span high - low overflows"),
+        (lambda: Int(-(10**308), 10**308), "Int span high - low overflows"),
+    ],
+)
+def test_non_finite_bounds_and_overflowing_spans_are_refused(make, argument):
+    # issue 24: these gave raw conversion errors (int(nan)) or decoded to NaN
+    with pytest.raises(ValueError, match=argument):
+        make()
+
+
+def test_bounds_of_the_wrong_type_are_refused():
+    with pytest.raises(TypeError, match="Float low must be a number"):
+        Float("0", 1.0)
+    with pytest.raises(TypeError, match="Int high must be a number"):
+        Int(0, True)
+
+
+def test_the_widest_allowed_spans_decode_to_finite_values():
+    # just inside the float range: every decoded value is finite and within bounds
+    f, i = Float(-8e307, 8e307), Int(-(10**307), 10**307)
+    for u in (0.0, 0.25, 0.5, 1.0):
+        assert math.isfinite(f.decode(u)) and -8e307 <= f.decode(u) <= 8e307
+        assert -(10**307) <= i.decode(u) <= 10**307
+    assert Float(1e-300, 1e300, log=True).decode(0.5) == pytest.approx(1.0)
