@@ -11,23 +11,36 @@ from torch import Tensor
 from hgpso.evaluate.buffers import BufferWatch
 from hgpso.evaluate.request import EvaluationRequest, publish
 
-__all__ = ["as_scalar_loss", "evaluate_particles", "score_each_particle"]
+__all__ = ["as_scalar_loss", "complex_loss_message", "evaluate_particles", "score_each_particle"]
 
 
 def as_scalar_loss(loss: object, *, where: str = "closure") -> Tensor:
     """Check that ``loss`` is a one-element tensor (or a real number) and return it detached."""
     if isinstance(loss, (int, float)) and not isinstance(loss, bool):
         return torch.tensor(float(loss))
+    if isinstance(loss, complex):
+        raise TypeError(complex_loss_message(where, torch.complex128))
     if not isinstance(loss, Tensor):
         raise TypeError(
             f"the {where} must return the loss as a scalar tensor, got {type(loss).__name__}"
         )
+    if loss.is_complex():
+        raise TypeError(complex_loss_message(where, loss.dtype))
     if loss.numel() != 1:
         raise ValueError(
             f"the {where} must return a scalar loss, got a tensor of shape {tuple(loss.shape)};"
             " reduce it first (e.g. .mean())"
         )
     return loss.detach().reshape(())
+
+
+def complex_loss_message(where: str, dtype: torch.dtype) -> str:
+    """The one error every path gives for a complex loss (casting it to the float32 loss
+    the swarm ranks would silently drop its imaginary part)."""
+    return (
+        f"the {where} returned a complex loss ({dtype}); particles are ranked by a real "
+        "loss: return a real one, e.g. loss.abs() or loss.real"
+    )
 
 
 def sparse_gradient_message(p: Tensor) -> str:

@@ -10,7 +10,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from hgpso.evaluate.buffers import probe_mutated_buffers
-from hgpso.evaluate.closure import as_scalar_loss, score_each_particle, sparse_gradient_message
+from hgpso.evaluate.closure import (
+    as_scalar_loss,
+    complex_loss_message,
+    score_each_particle,
+    sparse_gradient_message,
+)
 from hgpso.evaluate.request import EvaluationRequest, active_request
 
 __all__ = ["VectorizedClosure", "vectorized_closure"]
@@ -157,6 +162,8 @@ class VectorizedClosure:
             weights.update(zip(buffer_names, buffers, strict=True))
             out = functional_call(model, weights, inputs, strict=False)
             loss = loss_fn(out, targets)
+            if loss.is_complex():  # a dtype check: no data-dependent branch under vmap
+                raise TypeError(complex_loss_message("loss_fn", loss.dtype))
             if loss.dim() != 0 and loss.numel() != 1:
                 raise ValueError(
                     f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}"
