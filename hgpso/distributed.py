@@ -5,6 +5,12 @@ process group, :class:`~hgpso.HGPSO` and :class:`~hgpso.PSO` behave as one swarm
 the global batch (``distributed="replicated"``, the default): every rank holds the whole
 swarm, scores it on its own data shard, and the ranks agree on
 
+- everything that must be the same on every rank, checked when the optimizer is built
+  (:meth:`SwarmComm.check_config`): the device type, the number and total size of the
+  trainable parameters, :math:`N` and the mode in one all-gather of
+  :data:`CONFIG_COLUMNS` integers, the last of which is a digest of the optimizer's
+  description of itself (class, options, group hyperparameters, shapes); a mismatch is a
+  :class:`ValueError` on every rank naming the first difference and each rank's value;
 - the initial weights and the swarm's random seed (rank 0's, broadcast once when the
   optimizer is built), so the initial scatter, :math:`r_1, r_2`, re-seeding and the fused
   kernel's counter-based randoms are the same on every rank even when torch's global
@@ -70,15 +76,26 @@ at all: :meth:`SwarmComm.resolve` returns ``None`` and the optimizer's step has 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["BUCKET_BYTES", "MODES", "Mode", "SwarmComm", "SwarmPeerError", "shard_bounds"]
+__all__ = [
+    "BUCKET_BYTES",
+    "CONFIG_COLUMNS",
+    "MODES",
+    "Mode",
+    "SwarmComm",
+    "SwarmPeerError",
+    "describe_digest",
+    "shard_bounds",
+]
 
 Mode = Literal["replicated", "independent", "sharded"]
 MODES: tuple[str, ...] = ("replicated", "independent", "sharded")
@@ -88,6 +105,22 @@ BUCKET_BYTES = 25 * 2**20
 #: checksums within this relative distance count as "the same gradients on every rank"
 _CHECKSUM_RTOL = 1e-9
 _DEVICE_CODES = {"cpu": 0, "cuda": 1, "xpu": 2, "mps": 3}
+_DEVICE_NAMES = {v: k for k, v in _DEVICE_CODES.items()}
+_MODE_CODES = {mode: code for code, mode in enumerate(MODES)}
+_MODE_NAMES = dict(enumerate(MODES))
+#: the int64 columns each rank sends in :meth:`SwarmComm.check_config`
+CONFIG_COLUMNS = 6
+_COLUMN_LABELS = (
+    "device type",
+    "number of trainable tensors",
+    "number of parameters",
+    "N",
+    "mode",
+)
+_SAME_MODEL = " (every rank must build the same model)"
+_COLUMN_HINTS = (_SAME_MODEL, _SAME_MODEL, _SAME_MODEL, " (num_particles)", " (distributed=)")
+#: the digest column of a rank whose description cannot be encoded (a digest is >= 0)
+_UNDESCRIBABLE = -1
 _created = [0]  # communicators built in this process: the same sequence on every rank
 
 
@@ -118,6 +151,62 @@ def check_mode(mode: object) -> Mode:
     if mode not in MODES:
         raise ValueError(f"distributed must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     return mode  # type: ignore[return-value]
+
+
+def _canonical(value: object) -> str:
+    """The canonical JSON text of ``value`` (keys sorted, no whitespace): the same string on
+    every rank for equal values, whatever the dict order or the process."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def describe_digest(description: Mapping[str, object] | None) -> int:
+    """A 63-bit digest (an int in ``[0, 2**63)``) of ``description``: SHA-256 over its
+    canonical JSON, so equal descriptions give the same number on every rank and in every
+    process (Python's ``hash()`` of a string is salted per process). ``-1`` when the
+    description is not a mapping with string keys and JSON-able values."""
+    if description is not None and (
+        not isinstance(description, Mapping) or not all(isinstance(k, str) for k in description)
+    ):
+        return _UNDESCRIBABLE
+    try:
+        text = _canonical(None if description is None else dict(description))
+    except (TypeError, ValueError):
+        return _UNDESCRIBABLE
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def _first_difference(descriptions: Sequence[Mapping[str, object] | None]) -> str:
+    """The message naming the first key (in rank 0's order, then the keys only other ranks
+    have) whose values differ between the ranks, with each rank's value."""
+    if any(d is None for d in descriptions):
+        per_rank = ", ".join(
+            f"rank {r}: {'none' if d is None else 'given'}" for r, d in enumerate(descriptions)
+        )
+        return (
+            "the ranks of the swarm's process group disagree on whether the optimizer "
+            f"describes its configuration: {per_rank} (every rank must run the same version "
+            "of hgpso)"
+        )
+    given = [d for d in descriptions if d is not None]  # all of them, by now
+    keys: dict[str, None] = {}
+    for d in given:
+        keys.update(dict.fromkeys(d))
+    missing = object()
+    for key in keys:
+        values = [d.get(key, missing) for d in given]
+        texts = {"" if v is missing else _canonical(v) for v in values}
+        if len(texts) > 1:
+            per_rank = ", ".join(
+                f"rank {r}: {'(not set)' if v is missing else repr(v)}"
+                for r, v in enumerate(values)
+            )
+            return (
+                f"the ranks of the swarm's process group disagree on {key!r}: {per_rank} "
+                "(every rank must build the same optimizer, options and model)"
+            )
+    return (  # unreachable: different digests mean different canonical texts
+        "the ranks of the swarm's process group disagree on the optimizer's configuration"
+    )
 
 
 class SwarmComm:
@@ -188,30 +277,60 @@ class SwarmComm:
         dist.all_gather(out, t, group=self.group)
         return out
 
-    def check_config(self, *, params: Sequence[Tensor], num_particles: int) -> None:
-        """Raise on every rank if the ranks disagree on the device type, the number and
-        sizes of the trainable parameters, or the swarm size."""
+    def check_config(
+        self,
+        *,
+        params: Sequence[Tensor],
+        num_particles: int,
+        description: Mapping[str, object] | None = None,
+    ) -> None:
+        """Raise :class:`ValueError` on every rank if the ranks disagree on anything that
+        must be the same everywhere, naming the first difference and each rank's value.
+
+        One all-gather of :data:`CONFIG_COLUMNS` int64 numbers per rank carries the device
+        type, the number and total size of the trainable parameters, ``N``, the mode
+        (``"replicated"`` or ``"sharded"``) and a 63-bit digest of ``description``: a flat
+        JSON-able mapping built by the optimizer (its class, the swarm-wide options, each
+        param group's hyperparameters, the parameters' shapes and dtypes, ...). Only when
+        the digests differ are the descriptions themselves all-gathered (as objects), to name
+        the first key whose values differ. Every rank takes the same collectives whatever
+        they disagree on, so a mismatch is an error on every rank, never a hang or a crash
+        in the backend. ``description=None`` compares the fixed columns only.
+        """
         self.num_particles = num_particles
         device = params[0].device if params else torch.device("cpu")
         numel = sum(p.numel() for p in params)
+        digest = describe_digest(description)
         mine = torch.tensor(
-            [_DEVICE_CODES.get(device.type, 99), len(params), numel, num_particles],
+            [
+                _DEVICE_CODES.get(device.type, 99),
+                len(params),
+                numel,
+                num_particles,
+                _MODE_CODES[self.mode],
+                digest,
+            ],
             dtype=torch.int64,
             device=self.device,
         )
         rows = [t.tolist() for t in self._all_gather(mine)]
-        names = {v: k for k, v in _DEVICE_CODES.items()}
-        what = ("device type", "number of trainable tensors", "number of parameters", "N")
-        for col, label in enumerate(what):
+        for col, label in enumerate(_COLUMN_LABELS):
             values = [row[col] for row in rows]
             if len(set(values)) > 1:
-                shown = [names.get(v, "other") for v in values] if col == 0 else values
+                if col == 0:
+                    shown = [_DEVICE_NAMES.get(v, "other") for v in values]
+                elif col == 4:
+                    shown = [repr(_MODE_NAMES.get(v, "other")) for v in values]
+                else:
+                    shown = values
                 per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(shown))
-                hint = " (num_particles)" if col == 3 else " (every rank must build the same model)"
                 raise ValueError(
-                    f"the ranks of the swarm's process group disagree on the {label}{hint}: "
-                    f"{per_rank}"
+                    f"the ranks of the swarm's process group disagree on the {label}"
+                    f"{_COLUMN_HINTS[col]}: {per_rank}"
                 )
+        digests = [row[5] for row in rows]
+        if len(set(digests)) > 1:
+            self._raise_for_descriptions(description, digests)
         if self.mode == "sharded":
             if num_particles < self.world_size:
                 raise ValueError(
@@ -223,6 +342,25 @@ class SwarmComm:
             self.bounds = [
                 shard_bounds(num_particles, self.world_size, r) for r in range(self.world_size)
             ]
+
+    def _raise_for_descriptions(
+        self, description: Mapping[str, object] | None, digests: list[int]
+    ) -> None:
+        """The digests differ (the same list on every rank): gather the descriptions and
+        raise on every rank, naming the first differing key."""
+        unreadable = [r for r, d in enumerate(digests) if d == _UNDESCRIBABLE]
+        mine: object = None if digests[self.rank] == _UNDESCRIBABLE else description
+        gathered: list[Any] = [None] * self.world_size
+        self.collectives += 1
+        dist.all_gather_object(gathered, mine, group=self.group)
+        if unreadable:
+            which = ", ".join(map(str, unreadable))
+            raise ValueError(
+                f"the swarm's configuration on rank {which} of its process group cannot be "
+                "compared with the other ranks' (its description is not a flat JSON-able "
+                "mapping with string keys)"
+            )
+        raise ValueError(_first_difference(gathered))
 
     def agree_start(self, params: Sequence[Tensor], seed: int) -> int:
         """Broadcast rank 0's parameters (in place) and seed; return the agreed seed."""
