@@ -1,5 +1,8 @@
 """Start W gloo processes on this machine, wait for them with a deadline, stop them all.
 
+(:func:`run_script` does the same for a script that starts its own ranks, as Lightning's
+launcher does.)
+
 Workers are module-level functions ``fn(rank, world_size, out_dir, **kwargs)`` run after
 ``init_process_group("gloo")`` over a file store in ``out_dir``; they save what the test
 compares under ``out_dir``. A worker that raises fails the test with its traceback; one that
@@ -9,6 +12,10 @@ outlives the deadline fails it too, after every process started here is killed.
 from __future__ import annotations
 
 import datetime
+import os
+import signal
+import subprocess
+import sys
 import time
 import traceback
 import uuid
@@ -86,3 +93,28 @@ def run_workers(
         errors = sorted(out_dir.glob("error*.txt"))
         detail = "\n".join(p.read_text() for p in errors)
         raise AssertionError(f"a worker failed:\n{detail or e}") from None
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(script: Path, out: Path, *args: str, timeout_s: float = 200.0) -> None:
+    """Run ``python script *args`` in ``out``, in its own session; on timeout kill that
+    session (it and the ranks it started, such as Lightning's). Fails with the end of its
+    output if it exits non-zero."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, output.decode(errors="replace")[-4000:]

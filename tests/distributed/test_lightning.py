@@ -5,44 +5,23 @@ LLMPSOCallback's rank-0 decisions broadcast to every rank."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.distributed import launch
 from tests.distributed.test_replicated import assert_identical
 
 pytest.importorskip("lightning")
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("lit_script.py")
 
 
-def run_script(out: Path, strategy: str, mode: str, *flags: str, timeout_s: float = 200.0) -> None:
-    """Run lit_script.py in its own session; on timeout kill that session (it and the ranks
-    Lightning started from it)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), strategy, mode, str(out), *flags],
-        cwd=out,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, output.decode(errors="replace")[-4000:]
+def run_script(out: Path, strategy: str, mode: str, *flags: str) -> None:
+    launch.run_script(SCRIPT, out, strategy, mode, str(out), *flags)
 
 
 def load(out: Path, run: str) -> list[dict[str, Any]]:
