@@ -21,14 +21,27 @@ from typing import Any
 
 import numpy as np
 
-from hgpso.tune import LLMClient, SearchSpace, make_strategy, minimize
+from hgpso.tune import (
+    LLMClient,
+    SearchSpace,
+    make_strategy,
+    minimize,
+    strategy_class,
+    strategy_names,
+)
 
 try:  # run as a script (python benchmarks/tune_lstm.py) or as a module
     from tune_peers import PEERS, run_peer
 except ImportError:
     from benchmarks.tune_peers import PEERS, run_peer
 
-LLM_STRATEGIES = ("llm_pso", "llm_ga")
+
+def uses_llm(name: str) -> bool:
+    """Whether a benchmark strategy name is an hgpso strategy that asks an LLM (peers never)."""
+    return name not in PEERS and strategy_class(name).uses_llm
+
+
+LLM_STRATEGIES = tuple(n for n in strategy_names() if uses_llm(n))
 
 
 def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: float) -> None:
@@ -116,7 +129,7 @@ def run_suite(
     meta = dict(meta, target=args.target, budget=args.budget, population=args.population)
     if args.summary_only:
         return summarize(args.out, meta)
-    llm_needed = any(s in LLM_STRATEGIES for s in args.strategies)
+    llm_needed = any(uses_llm(s) for s in args.strategies)
     if llm_needed and not (args.model or os.environ.get("HGPSO_LLM_MODEL")):
         raise SystemExit("LLM strategies need --model/--base-url or HGPSO_LLM_* env vars")
     for seed in range(args.seeds):
@@ -136,7 +149,7 @@ def run_suite(
                 summarize(args.out, meta)
                 continue
             kwargs: dict[str, Any] = {}
-            if name in LLM_STRATEGIES:
+            if uses_llm(name):
                 kwargs = dict(
                     llm=LLMClient(
                         base_url=args.base_url,
@@ -160,7 +173,7 @@ def run_suite(
                 res = minimize(objective, space, strat, budget=args.budget)
             out = res.as_dict()
             out.update(seed=seed, warnings=len(caught))
-            if name in LLM_STRATEGIES:
+            if uses_llm(name):
                 out["llm_settings"] = dict(
                     strat.llm.describe(),
                     k=args.k,

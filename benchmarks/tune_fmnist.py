@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks.tune_common import add_common_args, run_suite
-from hgpso.tune import Float, SearchSpace
+from hgpso.tune import Float, SearchSpace, strategy_class
 
 SPACE = SearchSpace(
     {
@@ -139,7 +139,7 @@ def run_callback(args) -> dict:
                 }
             )
             kw = {}
-            if args.cb_strategy.startswith("llm"):
+            if strategy_class(args.cb_strategy).uses_llm:
                 kw = dict(
                     llm=LLMClient(
                         base_url=args.base_url,

@@ -39,15 +39,15 @@ import numpy as np
 from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
 try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
-    from tune_common import _q, _save
+    from tune_common import LLM_STRATEGIES, _q, _save, uses_llm
     from tune_peers import PEERS, run_peer
 except ImportError:
-    from benchmarks.tune_common import _q, _save
+    from benchmarks.tune_common import LLM_STRATEGIES, _q, _save, uses_llm
     from benchmarks.tune_peers import PEERS, run_peer
 
 DEFAULT_TARGETS = {2: 1.0, 10: 40.0}
 PLAIN = ("random", "pso", "ga")
-LLM = ("llm_pso", "llm_ga")
+LLM = LLM_STRATEGIES  # the default --strategies list; which names ask an LLM: uses_llm
 
 
 SHIFT_RANGE = 2.5
@@ -85,7 +85,7 @@ def run_one(args, d: int, strategy: str, seed: int) -> dict:
     k = args.k if d <= 2 else args.k_hd
     max_llm_calls = args.max_llm_calls if d <= 2 else args.max_llm_calls_hd
     kwargs = {}
-    if strategy in LLM:
+    if uses_llm(strategy):
         kwargs = {
             "llm": LLMClient(
                 base_url=args.base_url,
@@ -118,7 +118,7 @@ def run_one(args, d: int, strategy: str, seed: int) -> dict:
         warnings=len(caught),
         **where,
     )
-    if strategy in LLM:
+    if uses_llm(strategy):
         out["llm_settings"] = dict(
             strat.llm.describe(), k=k, llm_every=args.llm_every, max_llm_calls=max_llm_calls
         )
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args.target = dict(zip(args.dims, targets, strict=True))
     args.budget = dict.fromkeys(args.dims, args.budget)
     if not args.summary_only:
-        plain = [s for s in args.strategies if s not in LLM]
-        llm = [s for s in args.strategies if s in LLM]
+        plain = [s for s in args.strategies if not uses_llm(s)]
+        llm = [s for s in args.strategies if uses_llm(s)]
         if llm and not (args.model or os.environ.get("HGPSO_LLM_MODEL")):
             p.error(
                 "LLM strategies need --model/--base-url or HGPSO_LLM_* (see scripts/llm_server.sh)"
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"llm_s={llm_s:.1f} wall={time.perf_counter() - t0:.1f}s",
                 flush=True,
             )
-            if s in LLM:
+            if uses_llm(s):
                 summarize(args.out)
     print(json.dumps(summarize(args.out), indent=1))
     return 0

@@ -13,7 +13,17 @@ from typing import Any
 from .driver import TuneResult, minimize
 from .llm import LLMClient, LLMError, LLMStats, extract_json, parse_points, points_schema
 from .space import Categorical, Float, Int, Param, SearchSpace
-from .strategies import GA, LLMGA, LLMPSO, PSO, RandomSearch, Strategy, make_strategy
+from .strategies import (
+    GA,
+    LLMGA,
+    LLMPSO,
+    PSO,
+    RandomSearch,
+    Strategy,
+    make_strategy,
+    strategy_class,
+    strategy_names,
+)
 
 __all__ = [
     "GA",
@@ -37,6 +47,8 @@ __all__ = [
     "minimize",
     "parse_points",
     "points_schema",
+    "strategy_class",
+    "strategy_names",
 ]
 
 

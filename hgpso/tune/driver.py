@@ -71,6 +71,11 @@ def minimize(
     :func:`~hgpso.tune.make_strategy` (with ``population``, ``seed`` and
     ``strategy_kwargs``, e.g. ``llm=LLMClient(...)``, ``k=2``) or a ready instance.
     ``callback(call_index, point, value)`` runs after every objective call.
+
+    ``objective`` must return a real number (NaN and infinities count as ``+inf``; ``None``
+    or a non-number is a :class:`TypeError` naming the point). If it raises, the exception
+    propagates and the strategy's pending batch is cancelled (:meth:`Strategy.cancel`), so
+    the same strategy can be asked again.
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
@@ -92,26 +97,30 @@ def minimize(
     while n_calls < budget and calls_to_target is None:
         points = strategy.ask()
         values: list[float] = []
-        for p in points:
-            if n_calls >= budget:
-                break
-            t0 = time.perf_counter()
-            v = float(objective(dict(p)))
-            obj_seconds += time.perf_counter() - t0
-            n_calls += 1
-            v = v if math.isfinite(v) else math.inf
-            values.append(v)
-            best = min(best, v)
-            trace.append(best)
-            if callback is not None:
-                callback(n_calls, p, v)
-            if target is not None and v <= target:
-                calls_to_target = n_calls
-                stopped = "target"
-                break
+        try:
+            for p in points:
+                if n_calls >= budget:
+                    break
+                t0 = time.perf_counter()
+                v = _value(objective(dict(p)), p)
+                obj_seconds += time.perf_counter() - t0
+                n_calls += 1
+                values.append(v)
+                best = min(best, v)
+                trace.append(best)
+                if callback is not None:
+                    callback(n_calls, p, v)
+                if target is not None and v <= target:
+                    calls_to_target = n_calls
+                    stopped = "target"
+                    break
+        except BaseException:
+            strategy.cancel()  # not stuck pending: the caller may ask again
+            raise
         if len(values) == len(points):
             strategy.tell(points, values)
-        else:  # stopped mid-batch: keep the best-point bookkeeping consistent
+        else:  # stopped mid-batch: the best point is kept, the batch is not told
+            strategy.cancel()
             for p, v in zip(points, values, strict=False):
                 if v < strategy.best_value:
                     strategy.best_value, strategy.best_point = v, dict(p)
@@ -130,3 +139,20 @@ def minimize(
         wall_seconds=time.perf_counter() - t_start,
         llm=stats.as_dict() if stats is not None else {},
     )
+
+
+def _value(v: Any, point: Mapping[str, Any]) -> float:
+    """The objective's value as a score (NaN, inf: +inf); a non-number is a clear error."""
+    if v is None or isinstance(v, (bool, str, bytes)):
+        raise TypeError(
+            f"objective returned {v!r} for {dict(point)}; it must return a real number "
+            "(lower is better)"
+        )
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"objective returned {type(v).__name__} {v!r} for {dict(point)}; it must return "
+            "a real number (lower is better)"
+        ) from e
+    return f if math.isfinite(f) else math.inf

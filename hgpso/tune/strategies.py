@@ -20,13 +20,26 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, fields
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .llm import LLMClient, LLMError, LLMStats, parse_points, points_schema
 from .space import SearchSpace
+from .state import (
+    StateError,
+    check_keys,
+    read_int,
+    read_matrix,
+    read_point,
+    read_score,
+    read_scores,
+    read_vector,
+    space_spec,
+    write_score,
+    write_scores,
+)
 
 __all__ = [
     "GA",
@@ -36,13 +49,24 @@ __all__ = [
     "RandomSearch",
     "Strategy",
     "make_strategy",
+    "strategy_class",
+    "strategy_names",
 ]
 
 
 class Strategy:
-    """Base class: population bookkeeping shared by every strategy."""
+    """Base class: the ask/tell protocol and the population bookkeeping of every strategy.
+
+    The search state is explicit data (:meth:`state_dict`, format :data:`STATE_VERSION`):
+    what a strategy needs to continue a search, read back with validation. ``uses_llm``
+    says whether the strategy calls an LLM (capability, not a name check).
+    """
 
     name = "strategy"
+    #: whether the strategy asks an LLM for proposals (and so needs an ``llm=`` client)
+    uses_llm: ClassVar[bool] = False
+    #: keys of :meth:`state_dict`'s ``"data"`` section that this class writes and reads
+    _DATA_KEYS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, space: SearchSpace, population: int = 10, seed: int = 0) -> None:
         if not isinstance(space, SearchSpace):
@@ -62,39 +86,87 @@ class Strategy:
         self.history: list[tuple[dict[str, Any], float]] = []  # every told (point, value)
 
     # -- public API -------------------------------------------------------------------------
+    @property
+    def pending(self) -> list[dict[str, Any]] | None:
+        """The points of the last :meth:`ask` not yet told (``None`` when nothing is pending)."""
+        if self._pending is None:
+            return None
+        return [
+            dict(self._exact[i]) if i in self._exact else self.space.decode(row)
+            for i, row in enumerate(self._pending)
+        ]
+
     def ask(self) -> list[dict[str, Any]]:
         """Return the next batch of points to evaluate."""
         if self._pending is not None:
-            raise RuntimeError("ask() called twice without tell()")
+            raise RuntimeError(
+                "ask() called twice without tell(); tell() the pending batch or cancel() it"
+            )
         u = self.space.initial_unit(self.seed, self.population) if self.iteration == 0 else None
         self._exact = {}
         u = self._ask_unit(u)
-        u = np.clip(np.asarray(u, dtype=float), 0.0, 1.0)
-        self._pending = u
+        self._pending = np.clip(np.asarray(u, dtype=float), 0.0, 1.0)
         # Rows set from a typed point (LLM proposals) are returned exactly, not re-decoded.
-        return [
-            dict(self._exact[i]) if i in self._exact else self.space.decode(row)
-            for i, row in enumerate(u)
-        ]
+        return self.pending or []
 
     def tell(self, points: Sequence[Mapping[str, Any]], values: Sequence[float]) -> None:
-        """Report the scores of the batch returned by the last :meth:`ask` (same order)."""
+        """Report the scores of the batch returned by the last :meth:`ask`.
+
+        ``points`` must be the asked points, each once, in any order (each is matched to the
+        asked point it equals; a point that was not asked is refused). ``values`` are real
+        numbers, lower is better; NaN and infinities count as ``+inf``.
+        """
         if self._pending is None:
             raise RuntimeError("tell() called without a pending ask()")
-        if len(points) != len(self._pending) or len(values) != len(points):
+        asked = self.pending or []
+        if len(points) != len(asked) or len(values) != len(points):
             raise ValueError(
-                f"tell() needs the {len(self._pending)} asked points and as many values"
+                f"tell() needs the {len(asked)} asked points and as many values, got "
+                f"{len(points)} points and {len(values)} values"
             )
-        vals = np.array([_finite(v) for v in values], dtype=float)
+        vals = [_score(v, f"value {i}") for i, v in enumerate(values)]
+        order = self._match(points, asked)
+        told = np.full(len(asked), math.inf)
+        for j, i in enumerate(order):
+            told[i] = vals[j]
         u = self._pending
         self._pending = None
-        for p, v in zip(points, vals, strict=True):
-            self._tried.add(self.space.key(p))
-            self.history.append((dict(p), float(v)))
-            if v < self.best_value:
-                self.best_value, self.best_point = float(v), dict(p)
-        self._tell_unit(u, vals)
+        self._record(asked, told)
+        self._tell_unit(u, told)
         self.iteration += 1
+
+    def cancel(self) -> None:
+        """Drop the pending batch without telling it (its evaluation failed or was abandoned).
+
+        The strategy's own moves stay made (a PSO swarm keeps its moved positions); the next
+        :meth:`ask` proposes a new batch from there. Nothing pending: nothing happens.
+        """
+        self._pending = None
+        self._exact = {}
+        self._cancel()
+
+    def observe(self, points: Sequence[Mapping[str, Any]], values: Sequence[float]) -> None:
+        """Report scores of points outside the pending batch (extra candidates, late results).
+
+        They enter the history and the best point; PSO also lets a better one become the
+        swarm's best, GA lets it compete for parenthood at the next selection.
+        """
+        if len(points) != len(values):
+            raise ValueError(f"observe() got {len(points)} points and {len(values)} values")
+        pts = [self.space.coerce(p) for p in points]
+        vals = np.array([_score(v, f"value {i}") for i, v in enumerate(values)], dtype=float)
+        self._record(pts, vals)
+        if pts:
+            self._observe_unit(np.array([self.space.encode(p) for p in pts]), vals)
+
+    def propose_extra(self, rng: np.random.Generator) -> dict[str, Any]:
+        """One point beyond the population, drawn from ``rng`` (the strategy is unchanged).
+
+        Used by :class:`~hgpso.tune.StrategySampler` when every candidate of the current
+        generation is taken and the generation is not finished yet: a worker gets an extra
+        point instead of waiting. Random search: a uniform point. Never calls an LLM.
+        """
+        return self.space.decode(self._extra_unit(rng))
 
     @property
     def llm_stats(self) -> LLMStats | None:
@@ -115,44 +187,106 @@ class Strategy:
         self._replace_unit(int(index), u)
         return dict(point)
 
-    def _replace_unit(self, index: int, u: np.ndarray) -> None:
-        pass
-
     # -- persistence ----------------------------------------------------------------------
-    _NOT_STATE = frozenset({"space", "llm", "rng"})
-
     def state_dict(self) -> dict[str, Any]:
-        """The whole search state as plain JSON-able data (no pickles, no LLM client).
+        """The whole search state as JSON data (no pickles, no LLM client), version 2.
 
-        Arrays become ``{"__nd__": nested lists}``, sets/tuples lists; the random generator
-        state and the LLM counters are included, so ``load_state_dict`` on a fresh strategy
-        built with the same arguments continues the very same search.
+        ``{"format", "version", "strategy", "space", "population", "seed", "iteration",
+        "rng", "best_point", "best_value", "history", "pending", "exact", "data"}``: unit
+        coordinates as lists, ``+inf`` scores as ``"inf"``, the random generator's state,
+        and in ``data`` the strategy's own arrays (:attr:`_DATA_KEYS`). ``load_state_dict``
+        on a fresh strategy built with the same arguments continues the very same search.
         """
-        state = {k: _to_plain(v) for k, v in vars(self).items() if k not in self._NOT_STATE}
-        state["__rng__"] = _to_plain(self.rng.bit_generator.state)
-        state["__name__"] = self.name
-        state["_tried"] = [list(t) for t in self._tried]
-        if self.llm_stats is not None:
-            state["__llm_stats__"] = asdict(self.llm_stats)
-        return state
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "strategy": self.name,
+            "space": space_spec(self.space),
+            "population": self.population,
+            "seed": self.seed,
+            "iteration": self.iteration,
+            "rng": _plain_rng(self.rng),
+            "best_point": None if self.best_point is None else dict(self.best_point),
+            "best_value": write_score(self.best_value),
+            "history": [[dict(p), write_score(v)] for p, v in self.history],
+            "pending": None if self._pending is None else self._pending.tolist(),
+            "exact": {str(i): dict(p) for i, p in sorted(self._exact.items())},
+            "data": self._state_data(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("__name__") != self.name:
-            raise ValueError(
-                f"state of {state.get('__name__')!r} given to a {self.name!r} strategy"
+        """Continue the search saved by :meth:`state_dict`, after checking every key.
+
+        Refused with :class:`~hgpso.tune.state.StateError` (a ``ValueError``) and nothing
+        changed: another strategy's or another version's state, one saved for another space
+        (names, types, bounds or choices) or population, unknown or missing keys, values of
+        the wrong type, NaN scores or coordinates outside the unit cube.
+        """
+        check_keys(state, _STATE_KEYS, "strategy state")
+        if state["format"] != STATE_FORMAT or state["version"] != STATE_VERSION:
+            raise StateError(
+                f"strategy state format {state['format']!r} version {state['version']!r} is "
+                f"not {STATE_FORMAT!r} version {STATE_VERSION}"
             )
-        for k, v in state.items():
-            if k.startswith("__"):
-                continue
-            setattr(self, k, _from_plain(v))
-        self._tried = {tuple(t) for t in state.get("_tried", [])}
-        self.history = [(dict(p), float(v)) for p, v in self.history]
-        if isinstance(self._exact, dict):
-            self._exact = {int(k): v for k, v in self._exact.items()}
-        self.rng.bit_generator.state = _from_plain(state["__rng__"])
-        if "__llm_stats__" in state and self.llm_stats is not None:
-            for k, v in state["__llm_stats__"].items():
-                setattr(self.llm_stats, k, v)
+        if state["strategy"] != self.name:
+            raise StateError(
+                f"state of a {state['strategy']!r} strategy given to a {self.name!r} strategy"
+            )
+        if state["space"] != space_spec(self.space):
+            raise StateError(
+                f"state saved for the search space {state['space']!r}, not this one "
+                f"{space_spec(self.space)!r}"
+            )
+        if state["population"] != self.population:
+            raise StateError(
+                f"state saved for population {state['population']!r}, not {self.population}"
+            )
+        seed = read_int(state["seed"], "seed", low=-(2**63))
+        iteration = read_int(state["iteration"], "iteration")
+        rng = np.random.default_rng(0)
+        try:
+            rng.bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise StateError(f"rng is not a numpy PCG64 state: {e}") from e
+        best_point = (
+            None
+            if state["best_point"] is None
+            else read_point(state["best_point"], self.space, "best_point")
+        )
+        best_value = read_score(state["best_value"], "best_value")
+        hist = state["history"]
+        if not isinstance(hist, list):
+            raise StateError("history must be a list of [point, value] pairs")
+        history = []
+        for i, pv in enumerate(hist):
+            if not isinstance(pv, list) or len(pv) != 2:
+                raise StateError(f"history[{i}] must be a [point, value] pair")
+            history.append(
+                (read_point(pv[0], self.space, f"history[{i}]"), read_score(pv[1], f"history[{i}]"))
+            )
+        pending = None
+        if state["pending"] is not None:
+            pending = read_matrix(state["pending"], "pending", self.space.dim)
+        exact_raw = state["exact"]
+        if not isinstance(exact_raw, Mapping):
+            raise StateError("exact must be a dict {row: point}")
+        exact: dict[int, dict[str, Any]] = {}
+        for k, p in exact_raw.items():
+            if (
+                not (isinstance(k, str) and k.isdigit())
+                or pending is None
+                or int(k) >= len(pending)
+            ):
+                raise StateError(f"exact: {k!r} is not a row of the pending batch")
+            exact[int(k)] = read_point(p, self.space, f"exact[{k}]")
+        data = state["data"]
+        check_keys(data, self._DATA_KEYS, f"{self.name} state data")
+        self._load_data(data)  # validates and sets; raises before anything above is applied
+        self.seed, self.iteration, self.rng = seed, iteration, rng
+        self.best_point, self.best_value = best_point, best_value
+        self.history = history
+        self._tried = {self.space.key(p) for p, _ in history}
+        self._pending, self._exact = pending, exact
 
     # -- hooks for subclasses -------------------------------------------------------------
     def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
@@ -161,36 +295,91 @@ class Strategy:
     def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         pass
 
+    def _observe_unit(self, u: np.ndarray, values: np.ndarray) -> None:
+        pass
 
-def _to_plain(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        # The shape is kept so empty arrays (e.g. GA's parents before the first tell) round-trip.
-        return {"__nd__": v.tolist(), "dtype": str(v.dtype), "shape": list(v.shape)}
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, dict):
-        return {str(k): _to_plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set)):
-        return [_to_plain(x) for x in v]
-    return v
+    def _extra_unit(self, rng: np.random.Generator) -> np.ndarray:
+        return self.space.sample_unit(rng, 1)[0]
+
+    def _replace_unit(self, index: int, u: np.ndarray) -> None:
+        pass
+
+    def _cancel(self) -> None:
+        pass
+
+    def _state_data(self) -> dict[str, Any]:
+        return {}
+
+    def _load_data(self, data: Mapping[str, Any]) -> None:
+        pass
+
+    # -- internals ------------------------------------------------------------------------
+    def _match(
+        self, points: Sequence[Mapping[str, Any]], asked: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """Index in ``asked`` of each told point (equal points are matched in order)."""
+        free: dict[tuple, list[int]] = {}
+        for i, p in enumerate(asked):
+            free.setdefault(self.space.key(p), []).append(i)
+        order = []
+        for j, p in enumerate(points):
+            try:
+                key = self.space.key(p)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"tell(): point {j} {p!r} is not a point of the space") from e
+            if not free.get(key):
+                raise ValueError(
+                    f"tell(): point {j} {dict(p)!r} is not one of the asked points (or is "
+                    "given twice); tell() the points ask() returned, in any order"
+                )
+            order.append(free[key].pop(0))
+        return order
+
+    def _record(self, points: Sequence[Mapping[str, Any]], values: np.ndarray) -> None:
+        for p, v in zip(points, values, strict=True):
+            self._tried.add(self.space.key(p))
+            self.history.append((dict(p), float(v)))
+            if v < self.best_value:
+                self.best_value, self.best_point = float(v), dict(p)
 
 
-def _from_plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        if "__nd__" in v:
-            arr = np.array(v["__nd__"], dtype=v.get("dtype", "float64"))
-            return arr.reshape(v["shape"]) if "shape" in v else arr
-        return {k: _from_plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_from_plain(x) for x in v]
-    return v
+STATE_FORMAT = "hgpso.tune.strategy"
+#: version of :meth:`Strategy.state_dict` (1: ``vars(self)`` minus a blacklist, refused now)
+STATE_VERSION = 2
+_STATE_KEYS = (
+    "format",
+    "version",
+    "strategy",
+    "space",
+    "population",
+    "seed",
+    "iteration",
+    "rng",
+    "best_point",
+    "best_value",
+    "history",
+    "pending",
+    "exact",
+    "data",
+)
 
 
-def _finite(v: Any) -> float:
+def _plain_rng(rng: np.random.Generator) -> dict[str, Any]:
+    st = rng.bit_generator.state
+    return {
+        k: (dict(v) if isinstance(v, dict) else int(v) if k != "bit_generator" else v)
+        for k, v in st.items()
+    }
+
+
+def _score(v: Any, where: str) -> float:
+    """A told value as a score: a real number (NaN/inf: +inf); anything else is refused."""
+    if isinstance(v, bool) or v is None:
+        raise TypeError(f"{where} is {v!r}; scores must be real numbers (lower is better)")
     try:
         f = float(v)
-    except (TypeError, ValueError):
-        return math.inf
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{where} is {v!r}; scores must be real numbers (lower is better)") from e
     return f if math.isfinite(f) else math.inf
 
 
@@ -220,6 +409,15 @@ class PSO(Strategy):
     """
 
     name = "pso"
+    _DATA_KEYS: ClassVar[tuple[str, ...]] = (
+        "x",
+        "v",
+        "pbest",
+        "pbest_val",
+        "values",
+        "gbest",
+        "gbest_val",
+    )
 
     def __init__(
         self,
@@ -284,6 +482,49 @@ class PSO(Strategy):
             self.gbest_val = float(self.pbest_val[i])
             self.gbest = self.pbest[i].copy()
 
+    def _observe_unit(self, u: np.ndarray, values: np.ndarray) -> None:
+        # An extra point is no particle: it can only become the swarm's best.
+        i = int(np.argmin(values))
+        if values[i] < self.gbest_val:
+            self.gbest_val, self.gbest = float(values[i]), u[i].copy()
+
+    def _extra_unit(self, rng: np.random.Generator) -> np.ndarray:
+        if not math.isfinite(self.gbest_val):
+            return super()._extra_unit(rng)
+        # a Gaussian step (0.1 of each range) around the swarm's best
+        return np.clip(self.gbest + rng.normal(0.0, 0.1, self.space.dim), 0.0, 1.0)
+
+    def _state_data(self) -> dict[str, Any]:
+        return {
+            "x": self.x.tolist(),
+            "v": self.v.tolist(),
+            "pbest": self.pbest.tolist(),
+            "pbest_val": write_scores(self.pbest_val),
+            "values": write_scores(self.values),
+            "gbest": self.gbest.tolist(),
+            "gbest_val": write_score(self.gbest_val),
+            **self._more_data(),
+        }
+
+    def _load_data(self, data: Mapping[str, Any]) -> None:
+        n, d = self.population, self.space.dim
+        x = read_matrix(data["x"], "pso x", d, n)
+        v = read_matrix(data["v"], "pso v", d, n, unit=False)
+        pbest = read_matrix(data["pbest"], "pso pbest", d, n)
+        pbest_val = read_scores(data["pbest_val"], "pso pbest_val", n)
+        values = read_scores(data["values"], "pso values", n)
+        gbest = read_vector(data["gbest"], "pso gbest", d)
+        gbest_val = read_score(data["gbest_val"], "pso gbest_val")
+        self._load_more(data)
+        self.x, self.v, self.pbest, self.pbest_val = x, v, pbest, pbest_val
+        self.values, self.gbest, self.gbest_val = values, gbest, gbest_val
+
+    def _more_data(self) -> dict[str, Any]:
+        return {}  # the LLM variant's own keys
+
+    def _load_more(self, data: Mapping[str, Any]) -> None:
+        pass  # the LLM variant's own keys, validated before anything is set
+
 
 class GA(Strategy):
     """Genetic algorithm exactly as paper 003 describes it.
@@ -301,6 +542,13 @@ class GA(Strategy):
     """
 
     name = "ga"
+    _DATA_KEYS: ClassVar[tuple[str, ...]] = (
+        "pop",
+        "pop_val",
+        "parents",
+        "parents_val",
+        "n_parents_in_batch",
+    )
 
     def __init__(
         self,
@@ -317,6 +565,8 @@ class GA(Strategy):
         self.reevaluate_parents = bool(reevaluate_parents)
         self.pop = np.zeros((0, self.space.dim))
         self.pop_val = np.zeros(0)
+        self._parents = np.zeros((0, self.space.dim))  # of the pending batch
+        self._parents_val = np.zeros(0)
         self._n_parents_in_batch = 0
 
     def select(self) -> tuple[np.ndarray, np.ndarray]:
@@ -324,24 +574,31 @@ class GA(Strategy):
         order = np.argsort(self.pop_val, kind="stable")[: math.ceil(self.population / 2)]
         return self.pop[order], self.pop_val[order]
 
-    def crossover(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def crossover(
+        self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """Uniform crossover: each gene from ``a`` or ``b`` with probability 1/2."""
-        mask = self.rng.random(a.shape[0]) < 0.5
+        rng = self.rng if rng is None else rng
+        mask = rng.random(a.shape[0]) < 0.5
         return np.where(mask, a, b)
 
-    def mutate(self, child: np.ndarray) -> np.ndarray:
+    def mutate(self, child: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Resample each gene uniformly from its range with probability ``mutation_rate``."""
-        mask = self.rng.random(child.shape[0]) < self.mutation_rate
-        return np.where(mask, self.rng.random(child.shape[0]), child)
+        rng = self.rng if rng is None else rng
+        mask = rng.random(child.shape[0]) < self.mutation_rate
+        return np.where(mask, rng.random(child.shape[0]), child)
 
-    def make_children(self, parents: np.ndarray, n: int) -> np.ndarray:
+    def make_children(
+        self, parents: np.ndarray, n: int, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        rng = self.rng if rng is None else rng
         kids = []
         for _ in range(n):
             if len(parents) >= 2:
-                i, j = self.rng.choice(len(parents), size=2, replace=False)
+                i, j = rng.choice(len(parents), size=2, replace=False)
             else:
                 i = j = 0
-            kids.append(self.mutate(self.crossover(parents[i], parents[j])))
+            kids.append(self.mutate(self.crossover(parents[i], parents[j], rng), rng))
         return np.array(kids).reshape(n, self.space.dim)
 
     def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
@@ -368,6 +625,45 @@ class GA(Strategy):
         else:
             self.pop = np.vstack([self._parents, u])
             self.pop_val = np.concatenate([self._parents_val, values])
+
+    def _observe_unit(self, u: np.ndarray, values: np.ndarray) -> None:
+        # extra points compete with the population at the next selection
+        self.pop = np.vstack([self.pop, u])
+        self.pop_val = np.concatenate([self.pop_val, values])
+
+    def _extra_unit(self, rng: np.random.Generator) -> np.ndarray:
+        if len(self.pop) == 0:
+            return super()._extra_unit(rng)
+        parents, _ = self.select()
+        return self.make_children(parents, 1, rng)[0]  # one more child of the same parents
+
+    def _state_data(self) -> dict[str, Any]:
+        return {
+            "pop": self.pop.tolist(),
+            "pop_val": write_scores(self.pop_val),
+            "parents": self._parents.tolist(),
+            "parents_val": write_scores(self._parents_val),
+            "n_parents_in_batch": self._n_parents_in_batch,
+            **self._more_data(),
+        }
+
+    def _load_data(self, data: Mapping[str, Any]) -> None:
+        d = self.space.dim
+        pop = read_matrix(data["pop"], "ga pop", d)
+        pop_val = read_scores(data["pop_val"], "ga pop_val", len(pop))
+        parents = read_matrix(data["parents"], "ga parents", d)
+        parents_val = read_scores(data["parents_val"], "ga parents_val", len(parents))
+        n_par = read_int(data["n_parents_in_batch"], "ga n_parents_in_batch")
+        self._load_more(data)
+        self.pop, self.pop_val = pop, pop_val
+        self._parents, self._parents_val = parents, parents_val
+        self._n_parents_in_batch = n_par
+
+    def _more_data(self) -> dict[str, Any]:
+        return {}  # the LLM variant's own keys
+
+    def _load_more(self, data: Mapping[str, Any]) -> None:
+        pass  # the LLM variant's own keys, validated before anything is set
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,6 +723,21 @@ class _LLMMixin:
     def llm_stats(self) -> LLMStats:
         return self.llm.stats
 
+    def _llm_data(self) -> dict[str, Any]:
+        return {"llm_rounds": self.llm_rounds, "llm_stats": asdict(self.llm.stats)}
+
+    def _llm_load(self, data: Mapping[str, Any]) -> None:
+        rounds = read_int(data["llm_rounds"], "llm_rounds")
+        stats = data["llm_stats"]
+        check_keys(stats, [f.name for f in fields(LLMStats)], "llm_stats")
+        for k, v in stats.items():
+            ok = isinstance(v, float if k == "seconds" else int) and not isinstance(v, bool)
+            if not (ok or (k == "seconds" and isinstance(v, int))) or v < 0 or v != v:
+                raise StateError(f"llm_stats[{k!r}] must be a number >= 0, got {v!r}")
+        self.llm_rounds = rounds
+        for k, v in stats.items():  # the client keeps counting from the saved totals
+            setattr(self.llm.stats, k, v)
+
     def _llm_turn(self) -> bool:
         if self.iteration == 0 or self.iteration % self.llm_every:
             return False
@@ -472,6 +783,8 @@ class LLMPSO(_LLMMixin, PSO):
     """
 
     name = "llm_pso"
+    uses_llm = True
+    _DATA_KEYS = (*PSO._DATA_KEYS, "llm_rounds", "llm_stats")
 
     def __init__(
         self,
@@ -510,6 +823,12 @@ class LLMPSO(_LLMMixin, PSO):
             self._exact[int(idx)] = point
         return self.x
 
+    def _more_data(self) -> dict[str, Any]:
+        return self._llm_data()
+
+    def _load_more(self, data: Mapping[str, Any]) -> None:
+        self._llm_load(data)
+
 
 class LLMGA(_LLMMixin, GA):
     """GA whose children are partly written by the LLM, with Evolution of Thought (paper 002).
@@ -522,6 +841,8 @@ class LLMGA(_LLMMixin, GA):
     """
 
     name = "llm_ga"
+    uses_llm = True
+    _DATA_KEYS = (*GA._DATA_KEYS, "llm_rounds", "llm_stats", "eot", "llm_rows")
 
     def __init__(
         self,
@@ -588,23 +909,68 @@ class LLMGA(_LLMMixin, GA):
     def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         offset = self._n_parents_in_batch
         for row, point, ref in self._llm_rows:
-            v = float(values[offset + row])
-            change = v - ref
-            self.eot.append(
-                {
-                    "generation": self.iteration,
-                    "point": point,
-                    "reference": ref,
-                    "value": v,
-                    "change": change,
-                    "outcome": "improved" if change < 0 else "worse",
-                }
-            )
+            self.eot.append(_eot_record(self.iteration, point, ref, float(values[offset + row])))
         self._llm_rows = []
         super()._tell_unit(u, values)
 
+    def _cancel(self) -> None:
+        self._llm_rows = []
 
-_STRATEGIES = {
+    def _more_data(self) -> dict[str, Any]:
+        return {
+            **self._llm_data(),
+            # change and outcome follow from value and reference: not stored twice
+            "eot": [
+                [r["generation"], r["point"], write_score(r["reference"]), write_score(r["value"])]
+                for r in self.eot
+            ],
+            "llm_rows": [[row, p, write_score(ref)] for row, p, ref in self._llm_rows],
+        }
+
+    def _load_more(self, data: Mapping[str, Any]) -> None:
+        eot, rows = data["eot"], data["llm_rows"]
+        if not isinstance(eot, list) or not isinstance(rows, list):
+            raise StateError("llm_ga eot and llm_rows must be lists")
+        records = []
+        for i, r in enumerate(eot):
+            if not isinstance(r, list) or len(r) != 4:
+                raise StateError(f"eot[{i}] must be [generation, point, reference, value]")
+            records.append(
+                _eot_record(
+                    read_int(r[0], f"eot[{i}] generation"),
+                    read_point(r[1], self.space, f"eot[{i}] point"),
+                    read_score(r[2], f"eot[{i}] reference"),
+                    read_score(r[3], f"eot[{i}] value"),
+                )
+            )
+        llm_rows = []
+        for i, r in enumerate(rows):
+            if not isinstance(r, list) or len(r) != 3:
+                raise StateError(f"llm_rows[{i}] must be [row, point, reference]")
+            llm_rows.append(
+                (
+                    read_int(r[0], f"llm_rows[{i}] row"),
+                    read_point(r[1], self.space, f"llm_rows[{i}] point"),
+                    read_score(r[2], f"llm_rows[{i}] reference"),
+                )
+            )
+        self._llm_load(data)
+        self.eot, self._llm_rows = records, llm_rows
+
+
+def _eot_record(generation: int, point: dict[str, Any], ref: float, v: float) -> dict[str, Any]:
+    change = v - ref
+    return {
+        "generation": generation,
+        "point": point,
+        "reference": ref,
+        "value": v,
+        "change": change,
+        "outcome": "improved" if change < 0 else "worse",
+    }
+
+
+_STRATEGIES: dict[str, type[Strategy]] = {
     "random": RandomSearch,
     "pso": PSO,
     "ga": GA,
@@ -613,11 +979,21 @@ _STRATEGIES = {
 }
 
 
+def strategy_names() -> tuple[str, ...]:
+    """The names :func:`make_strategy` accepts."""
+    return tuple(_STRATEGIES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class behind a strategy name (e.g. to ask ``strategy_class(name).uses_llm``)."""
+    key = str(name).lower().replace("-", "_")
+    if key not in _STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(_STRATEGIES)}")
+    return _STRATEGIES[key]
+
+
 def make_strategy(
     name: str, space: SearchSpace, population: int = 10, seed: int = 0, **kwargs: Any
 ) -> Strategy:
     """Build a strategy by name: ``random``, ``pso``, ``ga``, ``llm_pso``, ``llm_ga``."""
-    key = name.lower().replace("-", "_")
-    if key not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(_STRATEGIES)}")
-    return _STRATEGIES[key](space, population=population, seed=seed, **kwargs)
+    return strategy_class(name)(space, population=population, seed=seed, **kwargs)

@@ -189,8 +189,12 @@ def test_rastrigin_hgpso_strategies_share_the_first_population(rastrigin_out):
         pop = runs[("pso", k)]["population"]
         prefix = best_so_far_prefix(space, k, pop, lambda p, o=shift: rastrigin_ref(p.values(), o))
         for s in ("pso", "ga"):
-            trace = runs[(s, k)]["trace"]
-            n = min(pop, len(trace))
+            run = runs[(s, k)]
+            trace = run["trace"]
+            # the whole first population, or up to the call that reached the target: never a
+            # shorter prefix (an empty trace would make the comparison vacuous)
+            n = pop if run["calls_to_target"] is None else min(pop, run["calls_to_target"])
+            assert n >= 1 and len(trace) >= n, (s, k, len(trace))
             assert trace[:n] == pytest.approx(prefix[:n], rel=1e-12, abs=1e-12), (s, k)
 
 

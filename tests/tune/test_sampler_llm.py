@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 optuna = pytest.importorskip("optuna")
+pytest.importorskip("openai")  # imported here, not inside the first LLM call
 
 from hgpso.tune import LLMClient, StrategySampler  # noqa: E402
 
@@ -16,6 +18,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _objective(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", -1.0, 1.0)
     y = trial.suggest_float("y", -1.0, 1.0)
+    time.sleep(0.005)  # a thread's trial outlasts the other thread's sampler calls
     return x * x + y * y
 
 
@@ -28,8 +31,14 @@ def test_llm_pso_calls_the_llm_once_per_generation_with_two_threads(fake_llm) ->
     llm = LLMClient(base_url=fake_llm.url, model="fake", api_key="k", max_retries=0, timeout=10)
     sampler = StrategySampler("llm_pso", population=4, seed=0, llm=llm, k=2)
     study = optuna.create_study(sampler=sampler)
-    # 1 start-up trial + 3 generations of 4, two worker threads sharing the sampler.
-    study.optimize(_objective, n_trials=13, n_jobs=2)
+
+    def stop_at_generation_2(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if study._storage.get_study_system_attrs(study._study_id).get("hgpso:generation") == 2:
+            study.stop()
+
+    # Two worker threads sharing the sampler; a thread whose generation is still being
+    # evaluated gets an extra point (no waiting), so stop once generation 2 is computed.
+    study.optimize(_objective, n_trials=400, n_jobs=2, callbacks=[stop_at_generation_2])
     attrs = study._storage.get_study_system_attrs(study._study_id)
     assert attrs["hgpso:generation"] == 2
     assert len(fake_llm.requests) == 2  # generations 1 and 2, not once per worker or trial

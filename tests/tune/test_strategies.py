@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -141,8 +142,10 @@ def test_ask_tell_misuse_and_bad_values():
         st.ask()
     with pytest.raises(ValueError):
         st.tell(pts, [1.0])
-    st.tell(pts, [float("nan"), None, 2.0])
-    assert st.best_value == 2.0
+    with pytest.raises(TypeError, match="value 1 is None"):
+        st.tell(pts, [float("nan"), None, 2.0])
+    st.tell(pts, [float("nan"), float("inf"), 2.0])  # non-finite scores count as +inf
+    assert st.best_value == 2.0 and [v for _, v in st.history] == [math.inf, math.inf, 2.0]
     with pytest.raises(ValueError):
         make_strategy("nope", space())
     with pytest.raises(ValueError):
@@ -162,3 +165,164 @@ def test_state_dict_roundtrip_through_json_continues_the_search(name):
     assert a.best_value == b.best_value and a.iteration == b.iteration == 6
     with pytest.raises(ValueError):
         make_strategy("random" if name != "random" else "pso", space()).load_state_dict(state)
+
+
+# -- the ask/tell contract ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["random", "pso", "ga"])
+def test_tell_matches_points_to_what_was_asked(name):
+    a = make_strategy(name, space(), population=6, seed=1)
+    b = make_strategy(name, space(), population=6, seed=1)
+    for _ in range(3):
+        pa, pb = a.ask(), b.ask()
+        assert pa == pb
+        vals = [sphere(p) for p in pa]
+        a.tell(pa, vals)
+        b.tell(pb[::-1], vals[::-1])  # the same batch told in another order
+    assert a.ask() == b.ask() and a.state_dict() == b.state_dict()
+
+
+def test_tell_refuses_points_that_were_not_asked():
+    st = PSO(space(2), population=3, seed=0)
+    pts = st.ask()
+    other = dict(pts[0], x0=0.123456)
+    with pytest.raises(ValueError, match="not one of the asked points"):
+        st.tell([other, pts[1], pts[2]], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="not one of the asked points"):
+        st.tell([pts[0], pts[0], pts[2]], [1.0, 2.0, 3.0])  # one asked point twice
+    st.tell(pts, [1.0, 2.0, 3.0])  # still pending after the refusals
+    assert st.iteration == 1
+
+
+def test_cancel_drops_the_pending_batch():
+    st = GA(space(2), population=4, seed=0)
+    pts = st.ask()
+    st.cancel()
+    assert st.pending is None and st.iteration == 0
+    with pytest.raises(RuntimeError, match="without a pending"):
+        st.tell(pts, [1.0] * 4)
+    assert len(st.ask()) == 4
+
+
+def test_minimize_after_a_raising_objective_is_not_stuck_pending():
+    st = PSO(space(2), population=4, seed=0)
+    calls = []
+
+    def bad(p):
+        calls.append(p)
+        if len(calls) == 3:
+            raise KeyError("boom")
+        return sphere(p)
+
+    with pytest.raises(KeyError, match="boom"):
+        minimize(bad, space(2), st, budget=20)
+    assert st.pending is None
+    state = st.state_dict()
+    assert state["pending"] is None  # a state saved now is not pending either
+    res = minimize(sphere, space(2), st, budget=8)  # the same strategy goes on
+    assert res.n_calls == 8
+
+
+def test_minimize_objective_returning_none_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"objective returned None for \{'x0'"):
+        minimize(lambda p: None, space(2), "random", budget=3)
+    with pytest.raises(TypeError, match="objective returned 'abc'"):
+        minimize(lambda p: "abc", space(2), "random", budget=3)
+
+
+def test_observe_and_extra_points():
+    st = PSO(space(2), population=4, seed=0)
+    pts = st.ask()
+    st.tell(pts, [sphere(p) for p in pts])
+    before = st.ask()
+    st.cancel()
+    best = {"x0": 0.3, "x1": 0.3}
+    st.observe([best], [0.0])
+    assert st.best_point == best and st.gbest_val == 0.0
+    np.testing.assert_allclose(st.gbest, st.space.encode(best))
+    assert st.history[-1] == (best, 0.0)
+    # an extra point leaves the strategy unchanged and is a function of the rng
+    state = st.state_dict()
+    e1 = st.propose_extra(np.random.default_rng(5))
+    assert st.state_dict() == state
+    assert e1 == st.propose_extra(np.random.default_rng(5))
+    assert before != st.ask()  # the swarm moved towards the observed best
+    ga = GA(space(2), population=4, seed=0)
+    pts = ga.ask()
+    ga.tell(pts, [sphere(p) for p in pts])
+    ga.observe([best], [-1.0])
+    _, vals = ga.select()
+    assert vals[0] == -1.0  # an observed point competes for parenthood
+    child = ga.space.encode(ga.propose_extra(np.random.default_rng(1)))
+    assert child.shape == (2,) and np.all((child >= 0) & (child <= 1))
+
+
+def test_uses_llm_is_a_capability():
+    from hgpso.tune import LLMGA, LLMPSO, strategy_class
+
+    assert not any(c.uses_llm for c in (RandomSearch, PSO, GA))
+    assert LLMPSO.uses_llm and LLMGA.uses_llm
+    assert strategy_class("LLM-PSO") is LLMPSO and strategy_class("ga") is GA
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategy_class("nope")
+
+
+# -- state: versioned, JSON data, validated on load ------------------------------------------
+def _saved(name="pso", iters=2):
+    st = make_strategy(name, space(2), population=4, seed=3)
+    run(st, iters=iters)
+    st.ask()  # saved while a batch is pending
+    return st, json.loads(json.dumps(st.state_dict(), allow_nan=False))  # strict JSON
+
+
+@pytest.mark.parametrize("name", ["random", "pso", "ga"])
+def test_state_is_strict_json_with_a_version(name):
+    st, state = _saved(name)
+    assert state["format"] == "hgpso.tune.strategy" and state["version"] == 2
+    assert state["strategy"] == name and state["iteration"] == 2
+    fresh = make_strategy(name, space(2), population=4, seed=0)
+    fresh.load_state_dict(state)
+    assert fresh.pending == st.pending
+    vals = [sphere(p) for p in st.pending]
+    st.tell(st.pending, vals)
+    fresh.tell(fresh.pending, vals)
+    assert st.ask() == fresh.ask()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda s: s.update(iteration="2"), "iteration must be an int"),
+        (lambda s: s.update(iteration=True), "iteration must be an int"),
+        (lambda s: s.update(space={"x0": 1}), "search space"),
+        (lambda s: s.update(extra=1), r"unknown key\(s\) \['extra'\]"),
+        (lambda s: s["data"].update(gbest=[float("nan"), 0.5]), "gbest"),
+        (lambda s: s["data"].update(gbest_val=float("nan")), "gbest_val"),
+        (lambda s: s["data"].update(x=[[2.0, 0.5]] * 4), "unit cube"),
+        (lambda s: s["data"].update(v=[[0.0, 0.0]] * 3), "4 rows"),
+        (lambda s: s["data"].pop("pbest"), "missing key"),
+        (lambda s: s.update(version=1), "version"),
+        (lambda s: s.update(strategy="ga"), "'ga' strategy given to a 'pso'"),
+        (lambda s: s.update(population=5), "population"),
+        (lambda s: s.update(best_value=float("nan")), "best_value"),
+        (lambda s: s.update(history=[[{"x0": 0.1}, 1.0]]), "history"),
+        (lambda s: s.update(history=[[{"x0": 5.0, "x1": 0.0}, 1.0]]), "outside the space"),
+        (lambda s: s.update(rng={"bit_generator": "MT19937"}), "rng"),
+    ],
+)
+def test_load_refuses_a_bad_state_and_changes_nothing(change, match):
+    from hgpso.tune.state import StateError
+
+    _, state = _saved("pso")
+    change(state)
+    st = make_strategy("pso", space(2), population=4, seed=0)
+    before = st.state_dict()
+    with pytest.raises(StateError, match=match):
+        st.load_state_dict(state)
+    assert st.state_dict() == before
+
+
+def test_load_refuses_a_state_for_other_bounds():
+    _, state = _saved("ga")
+    wider = SearchSpace({f"x{i}": Float(-2.0, 1.0) for i in range(2)})
+    with pytest.raises(ValueError, match="search space"):
+        make_strategy("ga", wider, population=4).load_state_dict(state)
