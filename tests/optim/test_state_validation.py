@@ -9,6 +9,9 @@ from torch import nn
 
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
+from hgpso.optim import bookkeeping
+from hgpso.optim import move as move_module
+from hgpso.optim import placement as placement_module
 from hgpso.optim import swarm as swarm_module
 from tests.helpers import TinyNet, make_closure, same_bits
 
@@ -172,27 +175,27 @@ def test_a_failing_step_leaves_model_on_gbest_and_swarm_state_intact(stage, forg
     snap = _snapshot(model, opt)
     nan_particle = 1 if stage in ("reseed", "write_rows") else None  # so the step re-seeds
     closure = _closure(opt, model, x, y, nan_particle)
-    cls = swarm_module.SwarmOptimizer
     with monkeypatch.context() as mp:
         if stage == "closure":
             closure = _fail_on_call(closure, 3)  # after two particles were evaluated
         elif stage == "valid":
-            mp.setattr(cls, "_valid_particles", _boom)
+            mp.setattr(placement_module.Placement, "valid", _boom)
         elif stage == "score":
             mp.setattr(HF, "accept_personal_bests_", _boom)
         elif stage == "adapt":
-            mp.setattr(cls, "_adapt", _boom)
+            mp.setattr(bookkeeping, "adapt", _boom)
         elif stage == "accept":
-            mp.setattr(cls, "_accept_bests", _boom)
+            mp.setattr(bookkeeping, "accept_bests", _boom)
         elif stage in ("move_group0", "move_group1"):
-            mp.setattr(cls, "_update_group", _fail_on_call(cls._update_group, int(stage[-1]) + 1))
+            fail = _fail_on_call(move_module._reference_group, int(stage[-1]) + 1)
+            mp.setattr(move_module, "_reference_group", fail)
         elif stage == "update_math_group1":  # inside the update arithmetic of group 1
             mp.setattr(torch, "_foreach_clamp_min_", _boom)
             opt.param_groups[1]["max_velocity"] = 0.5
         elif stage == "reseed":
-            mp.setattr(cls, "_reseed", _boom)
+            mp.setattr(bookkeeping, "fresh_rows", _boom)
         elif stage == "write_rows":
-            mp.setattr(cls, "_write_rows", _boom)
+            mp.setattr(bookkeeping, "write_rows", _boom)
         with pytest.raises(RuntimeError, match="injected"):
             opt.step(closure)
     opt.param_groups[1]["max_velocity"] = None
@@ -233,9 +236,8 @@ def test_failing_step_on_the_fused_path_launches_nothing(monkeypatch):
     model, opt, x, y = _trained(groups=True, fused=True)
     assert launches == [0, 1, 2, 3]
     snap = _snapshot(model, opt)
-    cls = swarm_module.SwarmOptimizer
     with monkeypatch.context() as mp:
-        mp.setattr(cls, "_update_group", _fail_on_call(cls._update_group, 2))
+        mp.setattr(move_module, "_fused_group", _fail_on_call(move_module._fused_group, 2))
         with pytest.raises(RuntimeError, match="injected"):
             opt.step(make_closure(opt, model, x, y))
     assert launches == [0, 1, 2, 3]

@@ -1,0 +1,152 @@
+"""Best bookkeeping: valid particles, scores, personal and global bests, adaptation, re-seeding.
+
+Everything here computes into new tensors or returns new numbers; nothing writes the
+optimizer's state, so a step that fails later leaves it as it was (the caller commits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hgpso import functional as F
+from hgpso.optim.random import SwarmRandom
+
+__all__ = ["accept_bests", "adapt", "fresh_rows", "score", "valid_particles", "write_rows"]
+
+
+def valid_particles(losses: Tensor, grads: Sequence[Tensor] | None) -> Tensor:
+    """NaN guard: a particle with a non-finite loss or gradient is never a best; its
+    gradient rows are zeroed so its garbage stays out of the arithmetic."""
+    valid = torch.isfinite(losses)
+    if grads is None:
+        return valid
+    for g in grads:
+        flat = g.reshape(g.shape[0], -1)
+        # a NaN/inf element always makes the row sum non-finite; only a row whose
+        # finite elements overflow the sum needs the exact (8x dearer) check
+        row_ok = torch.isfinite(flat.sum(1))
+        if not bool(row_ok.all()):
+            row_ok = torch.isfinite(flat).all(1)
+        valid &= row_ok
+    if not bool(valid.all()):
+        for g in grads:
+            g.masked_fill_(~valid.view((-1,) + (1,) * (g.dim() - 1)), 0.0)
+    return valid
+
+
+def score(
+    pbest_losses: Tensor,
+    losses: Tensor,
+    valid: Tensor,
+    *,
+    forget: float,
+    keep_pbest: bool,
+    has_pbest: bool,
+) -> tuple[Tensor, Tensor]:
+    r"""This step's improved mask and new best losses, into temporaries.
+
+    With ``forget < 1`` this is :func:`hgpso.functional.accept_personal_bests_`. With
+    ``forget = 1`` (:math:`\phi = 1`) every finite particle improves and its best loss
+    becomes its loss on this batch; no personal-best position is stored (it would equal
+    the position just scored), so a particle that is not finite has no best on this
+    batch: its best loss becomes :math:`+\infty` (with a stored best it would keep a loss
+    measured on an earlier batch, which could make its old position the global best).
+    If no particle is finite, the global best of the previous step is kept.
+    """
+    pbest_losses = pbest_losses.clone()
+    if keep_pbest and not has_pbest:
+        pbest_losses.fill_(math.inf)  # forget lowered below 1: memory starts afresh
+    improved = F.accept_personal_bests_([], [], pbest_losses, losses, valid, forget=forget)
+    if not keep_pbest:
+        pbest_losses.masked_fill_(~valid, math.inf)
+    return improved, pbest_losses
+
+
+def accept_bests(
+    positions: list[Tensor],
+    olds: list[Tensor] | None,
+    improved: Tensor,
+    count: int,
+    *,
+    keep_pbest: bool,
+    in_place_move: bool,
+) -> list[Tensor]:
+    """The personal bests after this step (``pbest_i <- x_i`` for improved particles), as
+    new tensors or as the unchanged stored ones ``olds`` (``None``: none stored yet, start
+    from the positions). With ``forget = 1`` they are the positions themselves. ``count``
+    is ``improved.sum()``, already read on the host; ``in_place_move``: the move writes the
+    positions in place (fused kernel), so they must be copied to serve as bests."""
+    if not keep_pbest:
+        return positions
+    if olds is None:  # forget lowered below 1: start from the positions
+        olds = [x.clone() for x in positions]
+    if count == 0:
+        return olds
+    if count == improved.numel():
+        # every particle improved: the scored positions become the bests; they are
+        # replaced (not written) by the move, except on the fused path
+        return [x.clone() for x in positions] if in_place_move else positions
+    out = []
+    for x, old in zip(positions, olds, strict=True):
+        mask = improved.view((-1,) + (1,) * (x.dim() - 1))
+        out.append(torch.where(mask, x, old))
+    return out
+
+
+def adapt(swarm: dict[str, Any], options: dict[str, Any], success: float, best_now: float) -> None:
+    r"""Smoothed progress signals, updated in ``swarm``: success rate, loss EMA, stall counter,
+    learning-rate scale (the numbers only; the caller restores them if the step fails)."""
+    beta = options["ema_beta"]
+    swarm["success_rate"] = beta * swarm["success_rate"] + (1 - beta) * success
+    if not math.isfinite(best_now):
+        swarm["steps_since_improvement"] += 1
+        return
+    ema = swarm["loss_ema"]
+    ema = best_now if ema is None else beta * ema + (1 - beta) * best_now
+    swarm["loss_ema"] = ema
+    best = swarm["best_loss_ema"]
+    if ema < best - options["tol"] * abs(best) or not math.isfinite(best):
+        swarm["best_loss_ema"] = ema
+        swarm["steps_since_improvement"] = 0
+        return
+    swarm["steps_since_improvement"] += 1
+    if options["adaptive"] and swarm["steps_since_improvement"] % options["lr_patience"] == 0:
+        swarm["lr_scale"] = max(swarm["lr_scale"] * options["lr_factor"], options["min_lr_scale"])
+
+
+def fresh_rows(
+    bad: Tensor,
+    groups: Sequence[tuple[dict[str, Any], Sequence[int]]],
+    positions: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    rng: SwarmRandom,
+    particles: list[int] | None,
+) -> list[tuple[int, Tensor, Tensor]]:
+    """Fresh rows near the global best for the non-finite particles ``bad`` (this process's
+    rows), to be written (at rest) into the moved tensors: ``(parameter index, rows, new
+    positions)``. ``groups``: each group and the indices of its parameters; ``particles``:
+    the global indices of the bad rows when each particle has its own random stream."""
+    idx = bad.nonzero().flatten()
+    rows = []
+    # one pass in parameter order, so the random stream is deterministic
+    for group, ks in groups:
+        for k in ks:
+            x = positions[k]
+            fresh = torch.empty((idx.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device)
+            noise = rng.normal(tuple(fresh.shape), fresh.dtype, rows=particles)
+            F.perturb_([fresh], [gbests[k]], group["init_spread"], [noise])
+            rows.append((k, idx, fresh))
+    return rows
+
+
+def write_rows(moved: list[tuple[Tensor, Tensor]], rows: list[tuple[int, Tensor, Tensor]]) -> None:
+    """Write re-seeded rows (at rest: zero velocity) into the moved tensors."""
+    for k, idx, fresh in rows:
+        x, v = moved[k]
+        x[idx] = fresh
+        v[idx] = 0.0

@@ -1,0 +1,130 @@
+"""The move: velocity and position update of every group, by the reference or the fused path.
+
+The reference path is :func:`hgpso.functional.hgpso_update` into new tensors (``r1``'s
+storage becomes the velocities; one more ``(N, *S)`` scratch per parameter becomes the
+positions), nothing written. The fused path updates in place, so every input is made ready
+(contiguous, right dtype) first and the launch is deferred to the step's commit; it then
+writes the state's own tensors (no copy, which is the point of the kernel). Only an error
+inside the op itself (a CUDA error, after which the CUDA context is unusable anyway) could
+leave one group moved and another not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hgpso import functional as F
+from hgpso import kernels
+from hgpso.optim.random import SwarmRandom
+
+__all__ = ["GroupMove", "move", "wants_fused"]
+
+
+@dataclass
+class GroupMove:
+    """One param group's inputs to the move (its swarm parameters only)."""
+
+    index: int  #: the group's index in ``param_groups`` (the fused kernel's counter)
+    ks: list[int]  #: the indices of its parameters among all the swarm's parameters
+    positions: list[Tensor]
+    velocities: list[Tensor]
+    pbests: list[Tensor]
+    gbests: list[Tensor]
+    grads: list[Tensor] | None
+    lr: float
+    inertia: float
+    cognitive: float
+    social: float
+    max_velocity: float | None
+
+
+def wants_fused(fused: bool | None, device: torch.device, *, allowed: bool) -> bool:
+    """Whether the move runs through the fused kernel: asked for (``fused=True``) or, by
+    default, on CUDA when the kernel is available; never where the placement forbids it
+    (sharded swarms: the kernel's randoms depend on a particle's row in its tensor)."""
+    if not allowed:
+        return False
+    return fused is True or (fused is None and device.type == "cuda" and kernels.is_available())
+
+
+def move(
+    groups: list[GroupMove],
+    *,
+    fused: bool,
+    rng: SwarmRandom,
+    kernel_seed: int,
+    step: int,
+    num_groups: int,
+) -> tuple[list[tuple[Tensor, Tensor]], list[Callable[[], None]]]:
+    """The new ``(position, velocity)`` of every swarm parameter, in parameter order, and
+    the fused kernel's deferred launches (empty on the reference path)."""
+    count = sum(len(g.ks) for g in groups)
+    moved: list[tuple[Tensor, Tensor] | None] = [None] * count
+    launches: list[Callable[[], None]] = []
+    for g in groups:
+        if fused:
+            new_x, new_v, launch = _fused_group(g, kernel_seed, step * num_groups + g.index)
+            launches.append(launch)
+        else:
+            new_x, new_v = _reference_group(g, rng)
+        for k, x, v in zip(g.ks, new_x, new_v, strict=True):
+            moved[k] = (x, v)
+    assert all(m is not None for m in moved)
+    return [m for m in moved if m is not None], launches
+
+
+def _reference_group(g: GroupMove, rng: SwarmRandom) -> tuple[list[Tensor], list[Tensor]]:
+    r1 = [rng.uniform(x.shape, x.dtype) for x in g.positions]
+    r2 = [rng.uniform(x.shape, x.dtype) for x in g.positions]
+    return F.hgpso_update(
+        g.positions,
+        g.velocities,
+        g.pbests,
+        g.gbests,
+        g.grads,
+        r1,
+        r2,
+        lr=g.lr,
+        inertia=g.inertia,
+        cognitive=g.cognitive,
+        social=g.social,
+        max_velocity=g.max_velocity,
+    )
+
+
+def _fused_group(
+    g: GroupMove, seed: int, offset: int
+) -> tuple[list[Tensor], list[Tensor], Callable[[], None]]:
+    xs = [x.contiguous() for x in g.positions]
+    vs = [v.contiguous() for v in g.velocities]
+
+    def ready(ts: list[Tensor]) -> list[Tensor]:
+        return [t.to(x.dtype).contiguous() for t, x in zip(ts, xs, strict=True)]
+
+    ps, gs = ready(g.pbests), ready(g.gbests)
+    grs = None if g.grads is None else ready(g.grads)
+    for x in xs:
+        if not kernels.supports_device(x.device):
+            raise RuntimeError(f"the fused HG-PSO kernel runs on CUDA tensors only, got {x.device}")
+
+    def launch() -> None:
+        kernels.fused_hgpso_update_(
+            xs,
+            vs,
+            ps,
+            gs,
+            grs,
+            seed=seed,
+            offset=offset,
+            lr=g.lr,
+            inertia=g.inertia,
+            cognitive=g.cognitive,
+            social=g.social,
+            max_velocity=g.max_velocity,
+        )
+
+    return xs, vs, launch

@@ -1,0 +1,273 @@
+"""The swarm's options: one spec of the swarm-wide options, and the groups' hyperparameters.
+
+Swarm-wide options (a particle spans every param group, so they are not per group) live in
+the optimizer's ``defaults``, ``optimizer.defaults["swarm_options"]``, a plain dict, where
+torch keeps its optimizers' flags: ``copy.deepcopy`` and ``pickle`` carry it with no special
+case, and ``state_dict()`` saves it beside the state (``state_dict()["swarm_options"]``). The
+same :func:`check_option` validates a value given to ``__init__``, assigned to an attribute
+(``opt.forget = 0.5``) or read from a checkpoint, so the three cannot disagree.
+
+Per-group hyperparameters (``lr``, ``inertia``/``momentum``, ``cognitive``, ``social``,
+``max_velocity``, ``init_spread``) stay in ``param_groups``, where torch's schedulers find
+them; :class:`ParamGroup` makes ``momentum`` another name for ``inertia``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, overload
+
+from hgpso.distributed import check_mode
+
+__all__ = [
+    "CONSTRUCTION_OPTIONS",
+    "GROUP_KEYS",
+    "OPTIONS_KEY",
+    "ParamGroup",
+    "check_group",
+    "check_group_value",
+    "check_number",
+    "check_option",
+    "check_options",
+    "merge_aliases",
+]
+
+#: where the swarm-wide options live in ``optimizer.defaults`` (and in ``state_dict()``)
+OPTIONS_KEY = "swarm_options"
+#: options fixed when the optimizer is built: a checkpoint never changes them
+CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed")
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """A finite real number in ``[low, high]`` (ends opened by ``low_open``/``high_open``).
+
+    ``inf`` is refused even where ``high`` is infinite: a swarm moved by an infinite
+    coefficient re-seeds its particles and goes NaN.
+    """
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"invalid {name}: {value!r}, expected a value in {lo}{low}, {high}{hi}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _fraction(name: str, *, low_open: bool = False, high_open: bool = False) -> Callable:
+    def check(value: Any) -> float:
+        check_number(name, value, high=1.0, low_open=low_open, high_open=high_open)
+        return float(value)
+
+    return check
+
+
+def _nonnegative(name: str) -> Callable:
+    def check(value: Any) -> float:
+        check_number(name, value)
+        return float(value)
+
+    return check
+
+
+def _bool(name: str) -> Callable:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a bool, got {value!r}")
+        return value
+
+    return check
+
+
+def _seed(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"seed must be an int or None, got {value!r}")
+    return value
+
+
+def _fused(value: Any) -> bool | None:
+    if value not in (None, True, False) or (isinstance(value, int) and not isinstance(value, bool)):
+        raise ValueError(f"fused must be None, True or False, got {value!r}")
+    return value
+
+
+def _distributed(value: Any) -> str:
+    return check_mode(value)
+
+
+#: every swarm-wide option: its checker, which returns the value to store
+_SPEC: dict[str, Callable[[Any], Any]] = {
+    "num_particles": lambda v: _positive_int("num_particles", v),
+    "forget": _fraction("forget"),
+    "adaptive": _bool("adaptive"),
+    "ema_beta": _fraction("ema_beta", high_open=True),
+    "tol": _nonnegative("tol"),
+    "patience": lambda v: _positive_int("patience", v),
+    "lr_patience": lambda v: _positive_int("lr_patience", v),
+    "lr_factor": _fraction("lr_factor", low_open=True),
+    "min_lr_scale": _fraction("min_lr_scale", low_open=True),
+    "seed": _seed,
+    "fused": _fused,
+    "distributed": _distributed,
+}
+
+#: the values of options that a checkpoint or pickle from an older version lacks
+OLD_DEFAULTS: dict[str, Any] = {
+    "forget": 1.0,
+    "adaptive": True,
+    "ema_beta": 0.9,
+    "tol": 1e-3,
+    "patience": 1000,
+    "lr_patience": 200,
+    "lr_factor": 0.5,
+    "min_lr_scale": 0.01,
+    "seed": None,
+    "fused": None,
+    "distributed": "replicated",
+}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """The value to store for option ``name``, or a :class:`ValueError` naming it."""
+    if name not in _SPEC:
+        raise ValueError(f"unknown swarm option {name!r}; the options are {sorted(_SPEC)}")
+    return _SPEC[name](value)
+
+
+def check_options(options: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
+    """Every option of ``options`` checked (all of them must be known): a new dict."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{where or 'the swarm options'} must be a dict, got {options!r}")
+    unknown = set(options) - set(_SPEC)
+    if unknown:
+        raise ValueError(
+            f"{where or 'the swarm options'} name unknown options {sorted(unknown)}; "
+            f"the options are {sorted(_SPEC)}"
+        )
+    return {name: check_option(name, value) for name, value in options.items()}
+
+
+T = TypeVar("T")
+
+
+class Option(Generic[T]):
+    """An attribute of the optimizer backed by ``defaults["swarm_options"]`` (checked when set)."""
+
+    name: str
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Option[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return obj.defaults[OPTIONS_KEY][self.name]  # type: ignore[attr-defined]
+
+    def __set__(self, obj: object, value: T) -> None:
+        if self.name in CONSTRUCTION_OPTIONS:
+            raise AttributeError(
+                f"{self.name} is fixed when the optimizer is built; create a new optimizer"
+            )
+        defaults = obj.defaults  # type: ignore[attr-defined]
+        defaults[OPTIONS_KEY] = {**defaults[OPTIONS_KEY], self.name: check_option(self.name, value)}
+
+
+# ------------------------------------------------------------ per-group hyperparameters
+#: names of one group value: torch's schedulers cycle ``momentum``, the swarm calls it ``inertia``
+ALIASES = ("inertia", "momentum")
+_NONNEGATIVE = ("lr", "inertia", "momentum", "cognitive", "social", "init_spread")
+#: the hyperparameters a swarm's param group holds (``momentum``: another name, newer)
+GROUP_KEYS = ("lr", "inertia", "cognitive", "social", "max_velocity", "init_spread")
+
+
+def check_group_value(key: str, value: Any) -> None:
+    """A known group hyperparameter's value (finite; ``max_velocity`` > 0 or ``None``)."""
+    if key == "max_velocity":
+        check_number(key, value, low=0.0, low_open=True, allow_none=True)
+    elif key in _NONNEGATIVE:
+        check_number(key, value)
+
+
+def check_group(group: Mapping[str, Any], where: str) -> None:
+    """Every known hyperparameter of ``group`` valid, ``inertia``/``momentum`` agreeing."""
+    merge_aliases(group, where)
+    for key, value in group.items():
+        if key != "params":
+            check_group_value(key, value)
+
+
+class ParamGroup(dict):
+    """A param group in which ``momentum`` is another name for ``inertia``.
+
+    :class:`~torch.optim.lr_scheduler.OneCycleLR` and
+    :class:`~torch.optim.lr_scheduler.CyclicLR` (``cycle_momentum=True``) cycle
+    ``group["momentum"]``; writing either name sets both, so the inertia the next step uses
+    is the value last written under either name (a scheduler's, a user's or a callback's).
+    """
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.update(items)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in ALIASES:
+            for name in ALIASES:
+                super().__setitem__(name, value)
+        else:
+            super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ParamGroup, (dict(self),))
+
+
+def merge_aliases(group: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``group`` with ``inertia`` and ``momentum`` both set when either is (a copy); giving
+    both with different values is an error."""
+    given = {name: group[name] for name in ALIASES if name in group}
+    a, b = given.get("inertia"), given.get("momentum")
+    if len(given) == 2 and a is not b and a != b:
+        raise ValueError(
+            f"{where} sets inertia={given['inertia']!r} and momentum={given['momentum']!r}: "
+            "momentum is another name for the swarm's inertia (so that torch's schedulers "
+            "can cycle it), give one of them"
+        )
+    if not given:
+        return dict(group)
+    value = next(iter(given.values()))
+    return {**group, **{name: value for name in ALIASES}}
