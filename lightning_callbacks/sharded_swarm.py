@@ -60,7 +60,7 @@ class SwarmShardedStrategy(DDPStrategy):
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:
-        """One replica: Lightning's injected sampler gives every rank every batch."""
+        """Lightning's injected sampler has one replica, so every rank gets every batch."""
         return {"num_replicas": 1, "rank": 0}
 
     def configure_ddp(self) -> None:
