@@ -40,7 +40,6 @@ End to end: the time of one ``HGPSO.step`` (vectorized closure) on the Fashion-M
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import cli_types as cli
 from hgpso import HGPSO, kernels, vectorized_closure
 from hgpso import functional as Fn
 
@@ -323,19 +323,25 @@ def _print_table(rows: list[dict], header: bool = True) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", default="1e6,1e7,1e8,1e9", help="total elements N x P, comma separated"
+        "--sizes",
+        type=cli.count_list,
+        default="1e6,1e7,1e8,1e9",
+        help="total elements N x P, comma separated",
     )
-    parser.add_argument("--particles", type=int, default=16)
+    parser.add_argument("--particles", type=cli.positive_int, default=16)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=cli.positive_int, default=20)
+    parser.add_argument("--warmup", type=cli.nonneg_int, default=3)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-e2e", action="store_true")
-    parser.add_argument("--e2e-particles", default="16,64")
+    parser.add_argument("--e2e-particles", type=cli.count_list, default="16,64")
     parser.add_argument(
-        "--out", type=Path, default=None, help=f"summary JSON (default on CUDA: {DEFAULT_OUT})"
+        "--out",
+        type=cli.out_file_mkdir,
+        default=None,
+        help=f"summary JSON (default on CUDA: {DEFAULT_OUT})",
     )
     parser.add_argument(
         "--smoke",

@@ -17,13 +17,12 @@ Usage (a server from ``scripts/llm_server.sh start``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
+from benchmarks import cli_types as cli
 from hgpso.tune import Float, LLMClient, SearchSpace
 from hgpso.tune.llm import extract_json, parse_points, points_schema
 
@@ -46,10 +45,10 @@ def _valid(answer: Any) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=10, help="requests per form")
-    p.add_argument("--max-tokens", type=int, default=160)
-    p.add_argument("--out", type=Path, default=None)
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=cli.positive_int, default=10, help="requests per form")
+    p.add_argument("--max-tokens", type=cli.positive_int, default=160)
+    p.add_argument("--out", type=cli.out_file_mkdir, default=None)
     p.add_argument(
         "--chat-format",
         default=None,

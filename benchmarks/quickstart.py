@@ -12,7 +12,6 @@ training on a 2-core CPU::
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import hgpso
+from benchmarks import cli_types as cli
 from benchmarks.datasets import FASHION_HOWTO, ArraySplits, DatasetError, load_dataset
 from benchmarks.models import DigitsCNN, FashionCNN
 
@@ -92,18 +92,23 @@ def train(name: str, model, make_opt, data, epochs: int, batch: int, seed: int) 
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(description="Train a small CNN with HGPSO and Adam; compare.")
+    ap = cli.ArgumentParser(description="Train a small CNN with HGPSO and Adam; compare.")
     ap.add_argument("--dataset", choices=["auto", "fashion-mnist", "digits"], default="auto")
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--train-size", type=int, default=6000)
+    ap.add_argument("--train-size", type=cli.positive_int, default=6000)
     ap.add_argument(
-        "--epochs", type=int, default=None, help="default: 2 (Fashion-MNIST), 20 (digits)"
+        "--epochs",
+        type=cli.positive_int,
+        default=None,
+        help="default: 2 (Fashion-MNIST), 20 (digits)",
     )
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--particles", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=0.02, help="HGPSO lr (Adam uses 1e-3)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=cli.positive_int, default=128)
+    ap.add_argument("--particles", type=cli.positive_int, default=4)
+    ap.add_argument("--lr", type=cli.positive_float, default=0.02, help="HGPSO lr (Adam uses 1e-3)")
+    ap.add_argument("--seed", type=cli.seed, default=0)
+    ap.add_argument(
+        "--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
 

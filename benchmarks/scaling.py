@@ -35,7 +35,6 @@ Usage (on an otherwise idle machine; do not time on a loaded one)::
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -53,6 +52,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import hgpso
+from benchmarks import cli_types as cli
 from benchmarks.models import FashionCNN
 
 MODES = ("replicated", "independent", "sharded")
@@ -145,16 +145,20 @@ def run_config(world_size: int, cfg: dict[str, Any], timeout_s: float) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--particles", type=int, nargs="+", default=[8, 16])
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world-sizes", type=cli.positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--particles", type=cli.positive_int, nargs="+", default=[8, 16])
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    ap.add_argument("--batch", type=int, default=128, help="global batch per step")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=3, help="repeats of the whole sweep")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--batch", type=cli.positive_int, default=128, help="global batch per step")
+    ap.add_argument(
+        "--steps", type=cli.positive_int, default=20, help="timed steps per configuration"
+    )
+    ap.add_argument("--warmup", type=cli.nonneg_int, default=3)
+    ap.add_argument("--rounds", type=cli.positive_int, default=3, help="repeats of the whole sweep")
+    ap.add_argument(
+        "--timeout", type=cli.positive_float, default=600.0, help="seconds per configuration"
+    )
+    ap.add_argument("--json", type=cli.out_file, help="also write the results here")
     args = ap.parse_args(argv)
     if 1 not in args.world_sizes:
         ap.error("--world-sizes must include 1 (the efficiency baseline)")

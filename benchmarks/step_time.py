@@ -33,7 +33,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import resource
@@ -47,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 import hgpso
+from benchmarks import cli_types as cli
 from benchmarks.models import FashionCNN
 
 
@@ -190,13 +190,18 @@ def measure(device: torch.device, n: int, batch: int, repeats: int, strategies: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", action="append", help="cpu and/or cuda (default: both if present)")
-    ap.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--json", help="also write the results here")
+    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--device",
+        action="append",
+        type=cli.device,
+        help="cpu and/or cuda (default: both if present)",
+    )
+    ap.add_argument("--particles", type=cli.positive_int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--batch-size", type=cli.positive_int, default=128)
+    ap.add_argument("--repeats", type=cli.positive_int, default=7)
+    ap.add_argument("--threads", type=cli.positive_int, default=None, help="torch CPU threads")
+    ap.add_argument("--json", type=cli.out_file, help="also write the results here")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory figures")
     ap.add_argument("--memory-only", action="store_true", help="skip the timings")
     args = ap.parse_args(argv)

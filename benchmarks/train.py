@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cli_types as cli
 from benchmarks.datasets import DATA_MODULES, DATASETS, DatasetError
 from benchmarks.lit import DEFAULT_HPARAMS
 from benchmarks.metrics import OPTIMIZERS, machine_load
@@ -47,41 +48,24 @@ MODEL_NAMES = {
 }
 
 
-def _none_or_float(s: str) -> float | None:
-    return None if s.lower() in ("none", "null", "") else float(s)
-
-
-def _fraction(s: str) -> float:
-    v = float(s)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {s!r}")
-    return v
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
+# each hyperparameter's range, as the optimizers check it (so the parser refuses what the
+# optimizer would only refuse after the data has loaded)
 _HP_TYPES = {
-    "lr": float,
-    "momentum": float,
-    "num_particles": int,
-    "inertia": float,
-    "cognitive": float,
-    "social": float,
-    "max_velocity": _none_or_float,
-    "init_spread": float,
-    "forget": float,
-    "adaptive": _bool,
+    "lr": cli.positive_float,
+    "momentum": cli.nonneg_float,
+    "num_particles": cli.positive_int,
+    "inertia": cli.nonneg_float,
+    "cognitive": cli.nonneg_float,
+    "social": cli.nonneg_float,
+    "max_velocity": cli.none_or_positive_float,
+    "init_spread": cli.nonneg_float,
+    "forget": cli.unit_interval,
+    "adaptive": cli.boolean,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="hgpso-train",
         description="Train the same model with SGD, Adam, PSO and HG-PSO and compare them "
         "(steps to a loss threshold, test accuracy, final loss, compute, memory).",
@@ -89,15 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
     p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=cli.seed, default=[0, 1, 2])
     p.add_argument(
         "--epochs",
-        type=float,
+        type=cli.positive_float,
         default=2,
         help="epochs per run (fractions allowed: 0.5 = half an epoch)",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ...")
+    p.add_argument("--batch-size", type=cli.positive_int, default=128)
+    p.add_argument("--device", type=cli.device, default="cpu", help="cpu, cuda, cuda:1, mps")
     p.add_argument(
         "--data-root",
         default=None,
@@ -108,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never try torchvision's download (Fashion-MNIST/SVHN)",
     )
-    p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>)")
+    p.add_argument(
+        "--out",
+        type=cli.writable_dir,
+        default=None,
+        help="output directory (default: runs/<dataset>)",
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=cli.positive_float,
         default=None,
         help="training-loss threshold for steps-to-threshold (default per dataset: "
         + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLD.items())
@@ -119,40 +108,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--window",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="trailing window (steps) of the loss mean compared with the threshold "
         "(default: 1/20 of an epoch, at least 1)",
     )
     p.add_argument(
         "--evals-per-epoch",
-        type=float,
+        type=cli.positive_float,
         default=4,
         help="evaluations of the accuracy per epoch (the accuracy-vs-compute curve)",
     )
     p.add_argument(
         "--final-loss-examples",
-        type=int,
+        type=cli.nonneg_int,
         default=10000,
         help="the final training loss is measured on this many training examples "
         "(a fixed subset; 0 = the whole training split)",
     )
     p.add_argument(
         "--holdout",
-        type=float,
+        type=cli.fraction,
         default=0.0,
         help="evaluate on this fraction held out of the training set instead of the "
         "test set (for tuning)",
     )
     p.add_argument(
         "--train-subset",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="use only this many training examples (quick runs)",
     )
     p.add_argument(
         "--label-noise",
-        type=_fraction,
+        type=cli.fraction,
         default=0.0,
         metavar="P",
         help="symmetric label noise on the training set only (the evaluation set stays "
@@ -161,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--label-noise-seed",
-        type=int,
+        type=cli.seed,
         default=0,
         help="seed of the label corruption, independent of --seeds: every optimizer and "
         "every training seed sees the same corrupted labels",
@@ -174,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chunk-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="particles per vmap chunk of the vectorized swarm closure",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=cli.positive_int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
@@ -587,20 +576,19 @@ def _quiet_lightning() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out or Path("runs") / args.dataset)
+    cli.require_writable_dir(parser, out, "--out")  # the default too, before any data loads
     _quiet_lightning()
     if args.threshold is None:
         args.threshold = DEFAULT_THRESHOLD[args.dataset]
-    out = Path(args.out or Path("runs") / args.dataset)
     runs_dir = out / "runs"
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"error: --device {args.device} requested but CUDA is not available", file=sys.stderr)
-        return 2
 
     dm = DATA_MODULES[args.dataset](
         data_root=args.data_root,

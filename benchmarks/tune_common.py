@@ -31,8 +31,10 @@ from hgpso.tune import (
 )
 
 try:  # run as a script (python benchmarks/tune_lstm.py) or as a module
+    import cli_types as cli
     from tune_peers import PEERS, run_peer
 except ImportError:
+    from benchmarks import cli_types as cli
     from benchmarks.tune_peers import PEERS, run_peer
 
 
@@ -51,21 +53,26 @@ def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: f
         default=["random", "pso", "ga", "llm_pso", "llm_ga"],
         help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
     )
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--population", type=int, default=6)
-    p.add_argument("--budget", type=int, default=budget, help="objective evaluations per run")
-    p.add_argument("--target", type=float, default=target)
-    p.add_argument("--k", type=int, default=2)
-    p.add_argument("--llm-every", type=int, default=1)
+    p.add_argument("--seeds", type=cli.positive_int, default=3)
+    p.add_argument("--population", type=cli.int_at_least(2), default=6)
     p.add_argument(
-        "--max-llm-calls", type=int, default=None, help="LLM rounds per run (default: no cap)"
+        "--budget", type=cli.positive_int, default=budget, help="objective evaluations per run"
     )
-    p.add_argument("--max-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--target", type=cli.finite_float, default=target)
+    p.add_argument("--k", type=cli.positive_int, default=2)
+    p.add_argument("--llm-every", type=cli.positive_int, default=1)
+    p.add_argument(
+        "--max-llm-calls",
+        type=cli.nonneg_int,
+        default=None,
+        help="LLM rounds per run (default: no cap)",
+    )
+    p.add_argument("--max-tokens", type=cli.positive_int, default=200)
+    p.add_argument("--temperature", type=cli.float_in(0.0, 2.0), default=0.7)
+    p.add_argument("--timeout", type=cli.positive_float, default=120.0)
     p.add_argument("--base-url", default=None)
     p.add_argument("--model", default=None)
-    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--out", type=cli.writable_dir, default=Path(out))
     p.add_argument("--summary-only", action="store_true")
 
 

@@ -25,6 +25,7 @@ import time
 import torch
 from torch import nn
 
+from benchmarks import cli_types as cli
 from benchmarks.tune_common import add_common_args, run_suite
 from hgpso.tune import Float, SearchSpace, strategy_class
 
@@ -207,19 +208,20 @@ def run_callback(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(p, "benchmarks/results/tuning/fmnist", budget=18, target=0.35)
     p.add_argument("--mode", choices=["search", "callback"], default="search")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-val", type=int, default=1000)
+    p.add_argument("--epochs", type=cli.positive_int, default=1)
+    p.add_argument("--n-train", type=cli.positive_int, default=3000)
+    p.add_argument("--n-val", type=cli.positive_int, default=1000)
     p.add_argument("--data-root", default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=cli.positive_int, default=1)
     p.add_argument("--cb-strategy", default="pso")
-    p.add_argument("--particles", type=int, default=4)
-    p.add_argument("--hgpso-lr", type=float, default=0.05)
-    p.add_argument("--probe-steps", type=int, default=3)
+    p.add_argument("--particles", type=cli.positive_int, default=4)
+    p.add_argument("--hgpso-lr", type=cli.positive_float, default=0.05)
+    p.add_argument("--probe-steps", type=cli.positive_int, default=3)
     args = p.parse_args(argv)
+    cli.require(p, args.k <= args.population, f"--k {args.k} exceeds --population")
     torch.set_num_threads(args.threads)
     if args.mode == "callback":
         run_callback(args)

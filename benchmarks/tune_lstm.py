@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks import cli_types as cli
 from benchmarks.tune_common import add_common_args, run_suite
 from hgpso.tune import Float, Int, SearchSpace
 
@@ -96,11 +97,12 @@ def make_objective(epochs: int, batch_size: int = 64):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(p, "benchmarks/results/tuning/lstm", budget=24, target=0.15)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=cli.positive_int, default=5)
+    p.add_argument("--threads", type=cli.positive_int, default=1)
     args = p.parse_args(argv)
+    cli.require(p, args.k <= args.population, f"--k {args.k} exceeds --population")
     torch.set_num_threads(args.threads)
     series = load_series()
     n = len(series)

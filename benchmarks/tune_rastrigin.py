@@ -39,9 +39,11 @@ import numpy as np
 from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
 try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
+    import cli_types as cli
     from tune_common import LLM_STRATEGIES, _q, _save, uses_llm
     from tune_peers import PEERS, run_peer
 except ImportError:
+    from benchmarks import cli_types as cli
     from benchmarks.tune_common import LLM_STRATEGIES, _q, _save, uses_llm
     from benchmarks.tune_peers import PEERS, run_peer
 
@@ -203,12 +205,12 @@ def plot(out: Path, curves: dict, summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
-    p.add_argument("--seeds", type=int, default=10)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dims", type=cli.positive_int, nargs="+", default=[2, 10])
+    p.add_argument("--seeds", type=cli.positive_int, default=10)
     p.add_argument(
         "--seed-list",
-        type=int,
+        type=cli.seed,
         nargs="*",
         default=None,
         help="run exactly these seeds (e.g. a second worker from the top: 9 8 7)",
@@ -219,31 +221,49 @@ def main(argv: list[str] | None = None) -> int:
         default=[*PLAIN, *LLM],
         help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
     )
-    p.add_argument("--population", type=int, default=10)
-    p.add_argument("--budget", type=int, default=1500, help="objective calls per run")
-    p.add_argument("--target", type=float, nargs="*", default=None, help="one per --dims")
+    p.add_argument("--population", type=cli.int_at_least(2), default=10)
+    p.add_argument("--budget", type=cli.positive_int, default=1500, help="objective calls per run")
+    p.add_argument(
+        "--target", type=cli.finite_float, nargs="*", default=None, help="one per --dims"
+    )
     # Defaults = the committed runs (benchmarks/results/rastrigin-shifted): an LLM round every
     # 10th iteration with no cap per run. On an idle 2-core CPU Gemma 3 270M answers in ~4.5 s
     # (2-D, k=2) and ~11.5 s (10-D, k=1); the llm_every sweep (every 1/5/10, 2-D) is in
     # docs/guides/benchmarks.md with why 10 was chosen.
-    p.add_argument("--k", type=int, default=2, help="points the LLM proposes per call (d<=2)")
-    p.add_argument("--k-hd", type=int, default=1, help="points per call when d > 2")
-    p.add_argument("--llm-every", type=int, default=10, help="iterations between LLM rounds")
     p.add_argument(
-        "--max-llm-calls", type=int, default=None, help="LLM rounds per run, d<=2 (no cap)"
+        "--k", type=cli.positive_int, default=2, help="points the LLM proposes per call (d<=2)"
+    )
+    p.add_argument("--k-hd", type=cli.positive_int, default=1, help="points per call when d > 2")
+    p.add_argument(
+        "--llm-every", type=cli.positive_int, default=10, help="iterations between LLM rounds"
     )
     p.add_argument(
-        "--max-llm-calls-hd", type=int, default=None, help="LLM rounds per run, d>2 (no cap)"
+        "--max-llm-calls",
+        type=cli.nonneg_int,
+        default=None,
+        help="LLM rounds per run, d<=2 (no cap)",
     )
-    p.add_argument("--history", type=int, default=5, help="best points shown in the prompt")
-    p.add_argument("--max-tokens", type=int, default=80)
-    p.add_argument("--max-tokens-hd", type=int, default=200, help="max_tokens when d > 2")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--timeout", type=float, default=240.0)
-    p.add_argument("--retries", type=int, default=0)
+    p.add_argument(
+        "--max-llm-calls-hd",
+        type=cli.nonneg_int,
+        default=None,
+        help="LLM rounds per run, d>2 (no cap)",
+    )
+    p.add_argument(
+        "--history", type=cli.positive_int, default=5, help="best points shown in the prompt"
+    )
+    p.add_argument("--max-tokens", type=cli.positive_int, default=80)
+    p.add_argument(
+        "--max-tokens-hd", type=cli.positive_int, default=200, help="max_tokens when d > 2"
+    )
+    p.add_argument("--temperature", type=cli.float_in(0.0, 2.0), default=0.7)
+    p.add_argument("--timeout", type=cli.positive_float, default=240.0)
+    p.add_argument("--retries", type=cli.nonneg_int, default=0)
     p.add_argument("--base-url", default=None)
     p.add_argument("--model", default=None)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/rastrigin-shifted"))
+    p.add_argument(
+        "--out", type=cli.writable_dir, default=Path("benchmarks/results/rastrigin-shifted")
+    )
     p.add_argument(
         "--shift",
         choices=["seeded", "none"],
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
+    k_max = max(args.k, args.k_hd)
+    cli.require(p, k_max <= args.population, f"--k/--k-hd {k_max} exceed --population")
     targets = args.target or [DEFAULT_TARGETS.get(d, 10.0 * d) for d in args.dims]
     if len(targets) != len(args.dims):
         p.error("--target needs one value per --dims entry")

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cli_types as cli
+
 PEER_NAMES = {
     "optuna_tpe": "Optuna TPESampler",
     "optuna_cmaes": "Optuna CmaEsSampler",
@@ -112,7 +114,7 @@ def suite_table(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rastrigin", type=Path, default=Path("benchmarks/results/rastrigin-shifted"))
     p.add_argument(
         "--sweep", type=Path, default=Path("benchmarks/results/rastrigin-shifted/llm_every")

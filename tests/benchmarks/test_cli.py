@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from benchmarks import train
 from benchmarks.train import main
 
 ARGS = [
@@ -193,3 +199,213 @@ def test_run_file_with_null_values_is_named_and_rerun(tmp_path, capsys):
         "rerun: " in printed and "sgd-seed0.json has wrong types in test_accuracy, curve" in printed
     )
     assert json.loads(path.read_text())["curve"]
+
+
+# Issue 24: every argument of every benchmark CLI is validated while parsing: one line on
+# stderr, exit code 2, before any data loads, nothing written. In-process for the whole
+# matrix (a subprocess pays ~4-10 s of torch/Lightning import each), then a few real
+# subprocesses for the exit code of `python -m` and scripts/hgpso-train.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _NoData(dict):
+    """Stands in for DATA_MODULES: any data module asked for is a test failure."""
+
+    def __getitem__(self, key):
+        raise AssertionError(f"the {key} data module was built before the arguments were checked")
+
+
+@pytest.fixture
+def refusal(tmp_path, monkeypatch, capsys):
+    """Run a CLI's main() in an empty working directory and check that it refused: exit
+    code 2, one line naming the program and the argument, no traceback, nothing created."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(train, "DATA_MODULES", _NoData())
+
+    def check(main, argv, prog, fragment):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2, err
+        assert err.endswith("\n") and err.count("\n") == 1, err  # one line
+        assert err.startswith(f"{prog}: error: ") and fragment in err, err
+        assert list(work.iterdir()) == [], "a refused command left files behind"
+        return err
+
+    return check
+
+
+def _a_file(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    return f
+
+
+BAD_TRAIN_ARGS = [
+    (["--epochs", "-1"], "argument --epochs: expected a number > 0, got '-1'"),
+    (["--epochs", "0"], "--epochs"),
+    (["--epochs", "nan"], "--epochs"),
+    (["--train-subset", "0"], "argument --train-subset: expected an integer >= 1"),
+    (["--train-subset", "-3"], "--train-subset"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
+    (["--batch-size", "-5"], "--batch-size"),
+    (["--threads", "-1"], "argument --threads"),
+    (["--holdout", "1.5"], "argument --holdout: expected a fraction in [0, 1)"),
+    (["--label-noise", "1.0"], "fraction in [0, 1)"),
+    (["--device", "tpu9"], "argument --device: expected a torch device"),
+    (["--hgpso-num-particles", "0"], "argument --hgpso-num-particles"),
+    (["--pso-num-particles", "-2"], "argument --pso-num-particles"),
+    (["--sgd-lr", "0"], "argument --sgd-lr"),
+    (["--hgpso-forget", "1.5"], "argument --hgpso-forget"),
+    (["--hgpso-max-velocity", "-1"], "argument --hgpso-max-velocity"),
+    (["--hgpso-inertia", "inf"], "argument --hgpso-inertia"),
+    (["--seeds", "0", "-1"], "argument --seeds"),
+    (["--window", "0"], "argument --window"),
+    (["--evals-per-epoch", "0"], "argument --evals-per-epoch"),
+    (["--final-loss-examples", "-1"], "argument --final-loss-examples"),
+    (["--chunk-size", "0"], "argument --chunk-size"),
+    (["--label-noise-seed", "-1"], "argument --label-noise-seed"),
+    (["--threshold", "inf"], "argument --threshold"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"), BAD_TRAIN_ARGS, ids=[" ".join(a) for a, _ in BAD_TRAIN_ARGS]
+)
+def test_train_refuses_nonsense_before_loading_data(refusal, tmp_path, argv, fragment):
+    # with --out inside tmp_path and without (the default runs/digits in the empty cwd)
+    refusal(train.main, ["--dataset", "digits", *argv], "hgpso-train", fragment)
+    out = tmp_path / "out"
+    refusal(train.main, ["--dataset", "digits", *argv, "--out", str(out)], "hgpso-train", fragment)
+    assert not out.exists()
+
+
+def test_train_refuses_an_out_that_is_not_a_writable_directory(refusal, tmp_path):
+    f = _a_file(tmp_path)
+    refusal(train.main, ["--out", str(f)], "hgpso-train", "exists and is not a directory")
+    refusal(train.main, ["--out", str(f / "sub")], "hgpso-train", "is not a directory")
+    if os.path.isdir("/proc"):  # a directory no one may create files in, root included
+        refusal(train.main, ["--out", "/proc"], "hgpso-train", "'/proc' is not writable")
+        refusal(train.main, ["--out", "/proc/x/y"], "hgpso-train", "cannot be created")
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_train_refuses_a_read_only_out(refusal, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        refusal(train.main, ["--out", str(ro)], "hgpso-train", "is not writable")
+        refusal(train.main, ["--out", str(ro / "new")], "hgpso-train", "is not writable")
+    finally:
+        ro.chmod(0o700)
+    assert list(ro.iterdir()) == []
+
+
+def test_train_refuses_a_default_out_it_cannot_create(refusal, monkeypatch):
+    # no --out: the default runs/<dataset> is checked as well, in the working directory
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs a directory no one can write to")
+    monkeypatch.chdir("/proc")
+    refusal(train.main, ["--dataset", "digits"], "hgpso-train", "argument --out: 'runs/digits'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_train_refuses_cuda_on_a_machine_without_it(refusal):
+    refusal(train.main, ["--device", "cuda"], "hgpso-train", "CUDA is not available")
+
+
+def test_every_benchmark_cli_refuses_nonsense(refusal, tmp_path):
+    from benchmarks import (
+        kernel_bandwidth,
+        llm_schema_rate,
+        quickstart,
+        scaling,
+        step_time,
+        tune_fmnist,
+        tune_lstm,
+        tune_rastrigin,
+        tune_report,
+    )
+
+    f = _a_file(tmp_path)
+    d = tmp_path / "a-dir"
+    d.mkdir()
+    cases = [
+        (step_time.main, ["--particles", "4", "0"], "argument --particles"),
+        (step_time.main, ["--device", "tpu9"], "argument --device"),
+        (step_time.main, ["--repeats", "0"], "argument --repeats"),
+        (step_time.main, ["--json", str(d)], "is a directory"),
+        (step_time.main, ["--json", str(tmp_path / "no" / "x.json")], "no directory"),
+        (scaling.main, ["--batch", "0"], "argument --batch"),
+        (scaling.main, ["--world-sizes", "1", "-2"], "argument --world-sizes"),
+        (scaling.main, ["--timeout", "nan"], "argument --timeout"),
+        (scaling.main, ["--warmup", "-1"], "argument --warmup"),
+        (kernel_bandwidth.main, ["--sizes", "1e6,abc"], "argument --sizes"),
+        (kernel_bandwidth.main, ["--e2e-particles", "16,0"], "argument --e2e-particles"),
+        (kernel_bandwidth.main, ["--particles", "0"], "argument --particles"),
+        (kernel_bandwidth.main, ["--out", str(f / "x.json")], "argument --out"),
+        (llm_schema_rate.main, ["--n", "0"], "argument --n"),
+        (llm_schema_rate.main, ["--out", str(d)], "is a directory"),
+        (quickstart.main, ["--epochs", "0"], "argument --epochs"),
+        (quickstart.main, ["--train-size", "-1"], "argument --train-size"),
+        (quickstart.main, ["--device", "tpu9"], "argument --device"),
+        (quickstart.main, ["--lr", "-0.1"], "argument --lr"),
+        (tune_rastrigin.main, ["--population", "1"], "expected an integer >= 2"),
+        (tune_rastrigin.main, ["--dims", "0"], "argument --dims"),
+        (tune_rastrigin.main, ["--temperature", "3"], "expected a number in [0, 2]"),
+        (tune_rastrigin.main, ["--k", "5", "--population", "4"], "exceed --population"),
+        (tune_rastrigin.main, ["--out", str(f)], "argument --out"),
+        (tune_rastrigin.main, ["--retries", "-1"], "argument --retries"),
+        (tune_lstm.main, ["--epochs", "0"], "argument --epochs"),
+        (tune_lstm.main, ["--k", "7"], "--k 7 exceeds --population"),  # population 6
+        (tune_lstm.main, ["--budget", "0"], "argument --budget"),
+        (tune_lstm.main, ["--timeout", "-5"], "argument --timeout"),
+        (tune_fmnist.main, ["--threads", "0"], "argument --threads"),
+        (tune_fmnist.main, ["--hgpso-lr", "0"], "argument --hgpso-lr"),
+        (tune_fmnist.main, ["--out", str(f)], "argument --out"),
+        (tune_report.main, ["--no-such-flag"], "unrecognized arguments"),
+    ]
+    prog = os.path.basename(sys.argv[0])  # these parsers take argparse's default prog
+    for cli_main, argv, fragment in cases:
+        refusal(cli_main, argv, prog, fragment)
+    assert f.read_text() == "x" and list(d.iterdir()) == []
+
+
+# should a refusal regress, the run must still not reach for the network
+OFFLINE = ["--dataset", "digits", "--no-download"]
+
+
+def _run(argv, tmp_path):
+    work = tmp_path / "cwd"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        argv, cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
+    ), work
+
+
+def test_python_m_benchmarks_train_exits_2_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc, work = _run(
+        [sys.executable, "-m", "benchmarks.train", *OFFLINE, "--epochs", "-1", "--out", str(out)],
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "hgpso-train: error: argument --epochs: expected a number > 0, got '-1' (see --help)\n"
+    )
+    assert proc.stdout == "" and not out.exists() and list(work.iterdir()) == []
+
+
+def test_scripts_hgpso_train_exits_2_with_one_line(tmp_path):
+    proc, work = _run(
+        ["bash", str(ROOT / "scripts" / "hgpso-train"), *OFFLINE, "--hgpso-num-particles", "0"],
+        tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "argument --hgpso-num-particles" in proc.stderr
+    assert list(work.iterdir()) == []  # no empty runs/ left behind
