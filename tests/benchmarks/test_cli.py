@@ -409,3 +409,18 @@ def test_scripts_hgpso_train_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "argument --hgpso-num-particles" in proc.stderr
     assert list(work.iterdir()) == []  # no empty runs/ left behind
+
+
+def test_train_parser_still_accepts_the_edges_of_each_range(tmp_path):
+    args = train.build_parser().parse_args(
+        [
+            "--epochs", "0.5", "--holdout", "0", "--label-noise", "0", "--seeds", "0",
+            "4294967295", "--final-loss-examples", "0", "--hgpso-max-velocity", "none",
+            "--hgpso-forget", "1", "--hgpso-inertia", "0", "--hgpso-adaptive", "yes",
+            "--device", "cpu", "--out", str(tmp_path / "new" / "dir"),
+        ]
+    )  # fmt: skip
+    assert args.epochs == 0.5 and args.holdout == 0.0 and args.seeds == [0, 2**32 - 1]
+    assert args.hgpso__max_velocity is None and args.hgpso__forget == 1.0
+    assert args.hgpso__adaptive is True and args.out == tmp_path / "new" / "dir"
+    assert not (tmp_path / "new").exists()  # checked, not created
