@@ -16,6 +16,15 @@ Population-based, in the spirit of PBT: every ``interval`` training epochs the c
 Training itself is untouched apart from the applied values: the probes run on copies of the
 state which are thrown away, and the RNG state is restored afterwards.
 
+A candidate the optimizer would refuse (say ``lr < 0`` for HGPSO, from a space that allows
+it) is checked before it is tried, with the optimizer's own validation (HGPSO's group
+check; a ``torch.optim`` optimizer's constructor): it scores ``+inf`` with a warning and
+is never applied. A probe whose loss is not finite, or that raises ``FloatingPointError``,
+scores ``+inf``; any other error of a probe (CUDA out of memory, a peer rank's failure)
+surfaces, after the snapshot is restored. A checkpoint saved for another space (other
+bounds, types or choices under the same names) or by an older version does not resume the
+search: the callback warns and starts it afresh (the tuned values in it are not applied).
+
 Lightning conventions: the callback only uses hooks; arguments are validated in
 ``__init__`` and against the optimizer in ``on_fit_start`` with clear messages; chosen values
 and scores are logged with ``pl_module.log_dict`` (so every logger in ``trainer.loggers``
@@ -29,11 +38,13 @@ tuned values to the optimizer when training restarts.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,9 +52,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from hgpso.tune import LLMClient, SearchSpace, make_strategy
-from hgpso.tune.llm import scrub_secrets
+from hgpso.tune import GA, LLMClient, SearchSpace, make_strategy, strategy_class
 from hgpso.tune.space import Param
+from hgpso.tune.state import StateError
 
 __all__ = ["LLMPSOCallback"]
 
@@ -135,7 +146,8 @@ class LLMPSOCallback(Callback):
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError("LLMPSOCallback: loss_fn must be callable")
         kwargs = dict(strategy_kwargs or {})
-        self.uses_llm = strategy.lower().replace("-", "_") in ("llm_pso", "llm_ga")
+        cls = strategy_class(strategy)  # a clear error for an unknown name
+        self.uses_llm = cls.uses_llm
         if self.uses_llm:
             kwargs.setdefault("k", k)
             kwargs.setdefault(
@@ -146,7 +158,7 @@ class LLMPSOCallback(Callback):
             kwargs["llm"] = llm if llm is not None else LLMClient()
         elif llm is not None:
             raise ValueError(f"LLMPSOCallback: llm= given but strategy {strategy!r} uses no LLM")
-        if strategy.lower().replace("-", "_") in ("ga", "llm_ga"):
+        if issubclass(cls, GA):
             # scores go stale as training moves on: parents are re-scored every decision
             kwargs.setdefault("reevaluate_parents", True)
         # make_strategy validates the name and the strategy arguments with clear errors
@@ -233,7 +245,16 @@ class LLMPSOCallback(Callback):
             return
         data = json.loads(state_dict.get("search", "{}"))
         if "strategy" in data:
-            self.strategy.load_state_dict(data["strategy"])
+            try:
+                self.strategy.load_state_dict(data["strategy"])
+            except StateError as e:
+                # Same names, other bounds/types (or an older format): the saved values and
+                # best point may lie outside this space. Start the search afresh, loudly.
+                rank_zero_warn(
+                    f"LLMPSOCallback: the checkpoint's search does not fit this callback ({e}); "
+                    "starting the search afresh (its tuned values are not applied)"
+                )
+                return
         self.current = data.get("current")
         self.decisions = int(data.get("decisions", 0))
         self.rounds = list(data.get("rounds", []))
@@ -292,21 +313,35 @@ class LLMPSOCallback(Callback):
     def _decide(
         self, trainer: Trainer, pl_module: LightningModule, epoch: int | None = None
     ) -> None:
+        """One decision: batches and snapshot, candidates, probe scores, choice, record."""
         epoch = trainer.current_epoch if epoch is None else epoch
         opt = trainer.optimizers[0]
-        strategy = trainer.strategy
-        was_training = pl_module.training
-        # The first decision may start from the optimizer's own values.
         current = {k: opt.param_groups[0][k] for k in self.space.names}
+        snap = _Snapshot.take(pl_module, opt)
+        batches = self._probe_batches(trainer, epoch)
+        if batches is None:  # nothing is asked if there is nothing to probe
+            rank_zero_warn("LLMPSOCallback: no batches to probe with; skipping this decision")
+            snap.restore_rng()
+            return
+        candidates = self._draw_candidates(trainer, current)
+        try:
+            scores = self._score_candidates(trainer, pl_module, opt, snap, candidates, *batches)
+        finally:
+            snap.restore(pl_module, opt)
+        choice = self._choose(trainer, candidates, scores)
+        self.current = dict(choice["values"])
+        self._apply(opt, self.current)
+        self.decisions += 1
+        self._record(pl_module, trainer, epoch, choice, scores, candidates)
 
-        # -- batches and a snapshot first (nothing is asked if there is nothing to probe) ---
-        model_state = copy.deepcopy(pl_module.state_dict())
-        opt_state = copy.deepcopy(opt.state_dict())
-        cpu_rng = torch.get_rng_state()
-        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-        # Probe batches (a shuffled loader draws from the global RNG) come from a seed fixed by
-        # (seed, epoch): a run resumed from a checkpoint probes the same batches as an
-        # uninterrupted one. The caller's RNG state is restored below.
+    def _probe_batches(self, trainer: Trainer, epoch: int) -> tuple[list[Any], list[Any]] | None:
+        """Training and scoring batches for this decision, or None if there are none.
+
+        A shuffled loader draws from the global RNG: it is seeded from (seed, epoch), so a
+        run resumed from a checkpoint probes the same batches as an uninterrupted one (the
+        caller's RNG state is restored by the snapshot).
+        """
+        strategy = trainer.strategy
         torch.manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         train_b = [
             strategy.batch_to_device(b)
@@ -321,63 +356,88 @@ class LLMPSOCallback(Callback):
             )
         eval_b = [strategy.batch_to_device(b) for b in eval_b]
         if not train_b or not eval_b:
-            rank_zero_warn("LLMPSOCallback: no batches to probe with; skipping this decision")
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-            return
+            return None
+        return train_b, eval_b
 
-        # -- rank 0 draws the candidates (the only rank that may call the LLM) -------------
+    def _draw_candidates(self, trainer: Trainer, current: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rank 0 asks the strategy (the only rank that may call the LLM); all get the list."""
         candidates: list[dict[str, Any]] | None = None
         if trainer.is_global_zero:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 candidates = self.strategy.ask()
-            key = getattr(getattr(self.strategy, "llm", None), "_api_key", None)
             for w in caught:  # re-emitted without any key an echoing server put in them
-                rank_zero_warn(scrub_secrets(str(w.message), [key] if key else []))
+                rank_zero_warn(self._scrub(str(w.message)))
+            # The first decision may score the optimizer's own values as candidate 0.
             if self.include_current and self.decisions == 0 and self.strategy.iteration == 0:
                 try:
                     candidates[0] = self.strategy.replace_pending(0, current)
                 except (TypeError, ValueError, KeyError):
                     pass  # current value outside the space's types: keep the drawn one
-        candidates = strategy.broadcast(candidates, src=0)
+        candidates = trainer.strategy.broadcast(candidates, src=0)
         assert candidates is not None
+        return candidates
 
+    def _scrub(self, text: str) -> str:
+        llm = getattr(self.strategy, "llm", None)
+        scrub = getattr(llm, "scrub", None)
+        return scrub(text) if callable(scrub) else text
+
+    def _score_candidates(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        opt: torch.optim.Optimizer,
+        snap: _Snapshot,
+        candidates: list[dict[str, Any]],
+        train_b: list[Any],
+        eval_b: list[Any],
+    ) -> list[float]:
+        """Each candidate's probe score from the snapshot, averaged over ranks (+inf: failed)."""
         scores: list[float] = []
-        try:
-            with _no_logging(pl_module):
-                for cand in candidates:
-                    pl_module.load_state_dict(model_state)
-                    opt.load_state_dict(copy.deepcopy(opt_state))
+        with _no_logging(pl_module):
+            for cand in candidates:
+                s = math.inf
+                refused = _refusal(opt, cand)
+                if refused is not None:  # the same on every rank: the check is deterministic
+                    rank_zero_warn(
+                        f"LLMPSOCallback: {type(opt).__name__} refuses candidate {cand} "
+                        f"({refused}); scored +inf, not tried"
+                    )
+                else:
+                    snap.load(pl_module, opt)
                     self._apply(opt, cand)
                     try:
                         s = self._probe(trainer, pl_module, opt, train_b, eval_b)
-                    except (RuntimeError, FloatingPointError) as e:
+                    except FloatingPointError as e:  # the probe's own numerical failure
                         rank_zero_warn(f"LLMPSOCallback: probe of {cand} failed: {e}")
-                        s = math.inf
-                    t = torch.tensor(s if math.isfinite(s) else 1e30, dtype=torch.float64)
-                    t = strategy.reduce(t.to(pl_module.device), reduce_op="mean")
-                    scores.append(float(t))
-        finally:
-            pl_module.load_state_dict(model_state)
-            opt.load_state_dict(opt_state)
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state_all(cuda_rng)
-            pl_module.train(was_training)
+                t = torch.tensor(s if math.isfinite(s) else 1e30, dtype=torch.float64)
+                t = trainer.strategy.reduce(t.to(pl_module.device), reduce_op="mean")
+                scores.append(float(t))
+        return scores
 
-        # -- rank 0 tells the strategy and chooses; everyone applies the broadcast choice ---
+    def _choose(
+        self, trainer: Trainer, candidates: list[dict[str, Any]], scores: list[float]
+    ) -> dict[str, Any]:
+        """Rank 0 tells the strategy and picks the best; every rank gets the same choice."""
         choice: dict[str, Any] | None = None
         if trainer.is_global_zero:
             self.strategy.tell(candidates, scores)
             i = min(range(len(scores)), key=scores.__getitem__)
             choice = {"values": candidates[i], "score": scores[i]}
-        choice = strategy.broadcast(choice, src=0)
+        choice = trainer.strategy.broadcast(choice, src=0)
         assert choice is not None
-        self.current = dict(choice["values"])
-        self._apply(opt, self.current)
-        self.decisions += 1
+        return choice
+
+    def _record(
+        self,
+        pl_module: LightningModule,
+        trainer: Trainer,
+        epoch: int,
+        choice: dict[str, Any],
+        scores: list[float],
+        candidates: list[dict[str, Any]],
+    ) -> None:
         record = {
             "epoch": epoch,
             "step": trainer.global_step,
@@ -387,6 +447,7 @@ class LLMPSOCallback(Callback):
             "candidates": candidates,
         }
         self.rounds.append(record)
+        assert self.current is not None
         metrics = {
             f"tune/{k}": float(v) for k, v in self.current.items() if isinstance(v, (int, float))
         }
@@ -406,3 +467,81 @@ class LLMPSOCallback(Callback):
     def describe_rounds(self) -> Iterable[str]:
         for r in self.rounds:
             yield f"epoch {r['epoch']}: {r['chosen']} score {r['score']:.4g}"
+
+
+@dataclass
+class _Snapshot:
+    """What a decision restores: model and optimizer state, RNG states, train/eval mode."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    cpu_rng: torch.Tensor
+    cuda_rng: list[torch.Tensor] | None
+    was_training: bool
+
+    @classmethod
+    def take(cls, pl_module: LightningModule, opt: torch.optim.Optimizer) -> _Snapshot:
+        return cls(
+            model=copy.deepcopy(pl_module.state_dict()),
+            optimizer=copy.deepcopy(opt.state_dict()),
+            cpu_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            was_training=pl_module.training,
+        )
+
+    def load(self, pl_module: LightningModule, opt: torch.optim.Optimizer) -> None:
+        """Model and optimizer back to the snapshot (before each probe)."""
+        pl_module.load_state_dict(self.model)
+        opt.load_state_dict(copy.deepcopy(self.optimizer))
+
+    def restore(self, pl_module: LightningModule, opt: torch.optim.Optimizer) -> None:
+        """Everything back to the snapshot (after the probes)."""
+        self.load(pl_module, opt)
+        self.restore_rng()
+        pl_module.train(self.was_training)
+
+    def restore_rng(self) -> None:
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _refusal(opt: torch.optim.Optimizer, values: Mapping[str, Any]) -> str | None:
+    """Why ``opt``'s own validation refuses these group values, or None if it accepts them.
+
+    In order: the optimizer's ``validate_group(group)`` if it has one; for hgpso's swarm
+    optimizers the param-group check their constructor and ``add_param_group`` apply; a
+    ``torch.optim`` optimizer's constructor (a throw-away one on a dummy tensor, with the
+    candidate's keys it takes). Other optimizers are not checked here. Never a collective:
+    a swarm optimizer is not constructed (its constructor talks to the other ranks).
+    """
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    group.update(values)
+    for a, b in (("inertia", "momentum"), ("momentum", "inertia")):
+        if a in values and b in group:
+            group[b] = values[a]  # the aliases agree, as _apply makes them
+    try:
+        check = _group_check(opt)
+        if check is not None:
+            check(group)
+        elif type(opt).__module__.startswith("torch.optim"):
+            params = inspect.signature(type(opt)).parameters
+            kwargs = {k: v for k, v in values.items() if k in params}
+            type(opt)([torch.zeros(1, requires_grad=True)], **kwargs)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
+def _group_check(opt: torch.optim.Optimizer) -> Callable[[dict[str, Any]], None] | None:
+    hook = getattr(opt, "validate_group", None)
+    if callable(hook):
+        return hook
+    if not type(opt).__module__.startswith("hgpso."):
+        return None
+    try:  # the check every hgpso swarm optimizer applies to its param groups
+        from hgpso.optim.options import check_group
+    except ImportError:
+        legacy = getattr(opt, "_validate_groups", None)
+        return None if legacy is None else (lambda g: legacy([g], "candidate"))
+    return lambda g: check_group(g, "candidate")

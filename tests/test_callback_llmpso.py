@@ -215,3 +215,75 @@ def test_resume_from_a_checkpoint_saved_on_the_last_batch_makes_every_decision(t
     assert resumed.decisions == ref.decisions == 4
     assert [r["epoch"] for r in resumed.rounds] == [0, 1, 2, 3]
     assert [r["candidates"] for r in resumed.rounds] == [r["candidates"] for r in ref.rounds]
+
+
+def test_candidates_the_optimizer_refuses_are_scored_inf_not_tried(tmp_path):
+    hgpso = pytest.importorskip("hgpso")
+    torch.manual_seed(0)
+    # a space allowing lr < 0, which HGPSO refuses: fit must not die with its ValueError
+    space = {"lr": Float(-0.2, 0.2), "inertia": Float(0.1, 0.9)}
+    cb = LLMPSOCallback(space, strategy="random", population=6, probe_steps=2, seed=3)
+    with pytest.warns(UserWarning, match="HGPSO refuses candidate"):
+        t = trainer(tmp_path, [cb], 2, limit_train_batches=4)
+        t.fit(Reg(opt="hgpso"))
+    assert isinstance(t.optimizers[0], hgpso.HGPSO) and cb.decisions == 2
+    negative = [
+        (c, s) for r in cb.rounds for c, s in zip(r["candidates"], r["scores"], strict=True)
+        if c["lr"] < 0
+    ]  # fmt: skip
+    assert negative and all(s == 1e30 for _, s in negative)
+    assert cb.current["lr"] >= 0 and t.optimizers[0].param_groups[0]["lr"] == cb.current["lr"]
+
+
+def test_a_probe_error_surfaces_and_a_numerical_failure_scores_inf(tmp_path):
+    calls = {"n": 0}
+
+    def loss_fn(module, batch, error):
+        calls["n"] += 1
+        if calls["n"] == 3:  # inside the first decision's probes
+            raise error
+        x, y = batch
+        return nn.functional.mse_loss(module.net(x), y)
+
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    cb = LLMPSOCallback(
+        SGD_SPACE,
+        strategy="pso",
+        population=3,
+        probe_steps=2,
+        loss_fn=lambda m, b: loss_fn(m, b, oom),
+    )
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        trainer(tmp_path / "a", [cb], 1).fit(Reg())
+    calls["n"] = 0
+    fpe = FloatingPointError("overflow in the probe")
+    cb = LLMPSOCallback(
+        SGD_SPACE,
+        strategy="pso",
+        population=3,
+        probe_steps=2,
+        loss_fn=lambda m, b: loss_fn(m, b, fpe),
+    )
+    with pytest.warns(UserWarning, match="overflow in the probe"):
+        trainer(tmp_path / "b", [cb], 1).fit(Reg())
+    assert cb.decisions == 1 and 1e30 in cb.rounds[0]["scores"]
+
+
+def test_resume_with_changed_bounds_starts_the_search_afresh(tmp_path):
+    def make_cb(space):
+        return LLMPSOCallback(space, strategy="pso", population=3, probe_steps=2, seed=4)
+
+    torch.manual_seed(0)
+    first = make_cb(SGD_SPACE)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer(tmp_path / "a", [first, ckpt], 2, enable_checkpointing=True).fit(Reg())
+    # same names, other bounds: the state key matches, the saved search does not fit
+    narrower = {"lr": Float(1e-4, 1e-2, log=True), "momentum": Float(0.0, 0.9)}
+    resumed = make_cb(narrower)
+    with pytest.warns(UserWarning, match="starting the search afresh"):
+        t = trainer(tmp_path / "b", [resumed], 3, enable_checkpointing=False)
+        t.fit(Reg(), ckpt_path=str(tmp_path / "ck" / "last.ckpt"))
+    assert resumed.decisions == 1 and resumed.strategy.iteration == 1  # one new decision
+    assert resumed.rounds[0]["epoch"] == 2
+    assert all(1e-4 <= c["lr"] <= 1e-2 for c in resumed.rounds[0]["candidates"])
+    assert 1e-4 <= t.optimizers[0].param_groups[0]["lr"] <= 1e-2

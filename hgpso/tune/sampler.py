@@ -160,6 +160,8 @@ class StrategySampler(BaseSampler):
         self.timeout = float(timeout)
         self.poll = float(poll)
         self._roles: dict[int, dict[str, Any]] = {}
+        # write-once study attrs (the space, each generation's candidates), read once
+        self._cache: dict[tuple[int, int, str], Any] = {}
         self._warned: set[str] = set()
         self.strategy_kwargs = dict(strategy_kwargs)
         # Fail fast on a bad name or bad keyword arguments, before any trial runs.
@@ -172,6 +174,12 @@ class StrategySampler(BaseSampler):
         )
         self._independent = independent_sampler or RandomSampler(seed=seed)
         self._intersection = IntersectionSearchSpace()
+
+    @staticmethod
+    def generation(study: Study) -> int | None:
+        """The last generation computed in ``study`` (``None`` before generation 0)."""
+        got = study._storage.get_study_system_attrs(study._study_id).get(_P + "generation")
+        return None if got is None else int(got)
 
     # -- Optuna sampler API ---------------------------------------------------------------
     def reseed_rng(self) -> None:
@@ -191,9 +199,7 @@ class StrategySampler(BaseSampler):
         if not search_space or role["kind"] == "startup":
             return {}
         if role["kind"] == "slot":
-            cands = study._storage.get_study_system_attrs(study._study_id)[
-                f"{_P}candidates:{role['gen']}"
-            ]
+            cands = self._write_once(study, f"{_P}candidates:{role['gen']}")
             point = dict(cands[role["idx"]])
         else:
             point = self._extra(study, trial, search_space)
@@ -234,8 +240,6 @@ class StrategySampler(BaseSampler):
         if tid in self._roles:
             return self._roles[tid]
         recorded = trial.system_attrs.get(_ROLE)
-        if recorded is None:
-            recorded = study._storage.get_trial_system_attrs(tid).get(_ROLE)
         if recorded is not None:  # e.g. the same trial seen again by another sampler call
             self._roles[tid] = recorded
             return recorded
@@ -243,7 +247,8 @@ class StrategySampler(BaseSampler):
             role: dict[str, Any] = {"kind": "startup", "chain": None}
             self._publish(study, trial, role)
         else:
-            role = self._decide(study, trial, self._chain_before(study, trial.number))
+            chain, trials = self._chain_before(study, trial.number)
+            role = self._decide(study, trial, chain, trials)
         self._roles[tid] = role
         return role
 
@@ -261,7 +266,9 @@ class StrategySampler(BaseSampler):
             storage.set_trial_system_attr(trial._trial_id, name, value)
             trial.system_attrs[name] = value
 
-    def _chain_before(self, study: Study, number: int) -> dict[str, Any] | None:
+    def _chain_before(
+        self, study: Study, number: int
+    ) -> tuple[dict[str, Any] | None, list[FrozenTrial]]:
         """The chain summary recorded by the nearest earlier trial that has a role.
 
         Earlier trials that finished or wait without a role (another sampler's, a worker
@@ -279,13 +286,12 @@ class StrategySampler(BaseSampler):
                     continue
                 role = t.system_attrs.get(_ROLE)
                 if role is not None:
-                    chain: dict[str, Any] | None = role["chain"]
-                    return chain
+                    return role["chain"], trials
                 if t.state == TrialState.RUNNING:
                     pending = n
                     break
             if pending is None:
-                return None  # no population trial before this one
+                return None, trials  # no population trial before this one
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"StrategySampler: trial {pending} is RUNNING without a recorded role "
@@ -295,8 +301,13 @@ class StrategySampler(BaseSampler):
             time.sleep(self.poll)
 
     def _decide(
-        self, study: Study, trial: FrozenTrial, chain: dict[str, Any] | None
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        chain: dict[str, Any] | None,
+        trials: list[FrozenTrial],
     ) -> dict[str, Any]:
+        """This trial's role from its predecessor's chain record and ``trials`` (all, fresh)."""
         attrs = study._storage.get_study_system_attrs(study._study_id)
         if chain is None or chain["gen"] is None:  # no generation yet
             if self._stored_space(study, attrs) is None and self._infer_space(study) is None:
@@ -309,7 +320,7 @@ class StrategySampler(BaseSampler):
         if size is None:  # generation `gen` was being computed by trial chain["computer"]
             cands = attrs.get(f"{_P}candidates:{gen}")
             if cands is None:
-                if self._finished(study, chain["computer"]):
+                if self._finished(trials, chain["computer"]):
                     return self._compute(study, trial, gen)  # its worker died: take over
                 return self._publish_extra(study, trial, chain)
             size = len(cands)
@@ -324,7 +335,7 @@ class StrategySampler(BaseSampler):
             }
             self._publish(study, trial, role)
             return role
-        if self._generation_done(study, gen, size):
+        if self._generation_done(trials, gen, size):
             return self._compute(study, trial, gen + 1)
         return self._publish_extra(study, trial, chain)
 
@@ -336,19 +347,20 @@ class StrategySampler(BaseSampler):
         self._publish(study, trial, role)
         return role
 
-    def _finished(self, study: Study, number: int) -> bool:
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+    @staticmethod
+    def _finished(trials: list[FrozenTrial], number: int) -> bool:
+        for t in trials:
             if t.number == number:
                 return t.state in _FINISHED
         return True
 
-    def _slots(self, study: Study, gen: int) -> list[FrozenTrial]:
+    @staticmethod
+    def _slots(trials: list[FrozenTrial], gen: int) -> list[FrozenTrial]:
         """The trials holding generation ``gen``'s candidates, one per index.
 
         Two trials hold index 0 only when a computer died before storing the generation
         and a later trial computed it: the later one holds it.
         """
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         by_idx: dict[int, FrozenTrial] = {}
         for t in trials:
             r = t.system_attrs.get(_ROLE)
@@ -357,17 +369,26 @@ class StrategySampler(BaseSampler):
                     by_idx[r["idx"]] = t
         return list(by_idx.values())
 
-    def _generation_done(self, study: Study, gen: int, size: int) -> bool:
-        slots = self._slots(study, gen)
+    def _generation_done(self, trials: list[FrozenTrial], gen: int, size: int) -> bool:
+        slots = self._slots(trials, gen)
         return len(slots) == size and all(t.state in _FINISHED for t in slots)
 
     # -- the search space -----------------------------------------------------------------
+    def _write_once(self, study: Study, key: str, attrs: Mapping[str, Any] | None = None) -> Any:
+        """A study system attr that never changes once written (``None`` until then)."""
+        ck = (id(study._storage), study._study_id, key)
+        if ck not in self._cache:
+            if attrs is None:
+                attrs = study._storage.get_study_system_attrs(study._study_id)
+            if attrs.get(key) is None:
+                return None
+            self._cache[ck] = attrs[key]
+        return self._cache[ck]
+
     def _stored_space(
         self, study: Study, attrs: Mapping[str, Any] | None = None
     ) -> dict[str, BaseDistribution] | None:
-        if attrs is None:
-            attrs = study._storage.get_study_system_attrs(study._study_id)
-        stored = attrs.get(_P + "space")
+        stored = self._write_once(study, _P + "space", attrs)
         if stored is None:
             return None
         return {k: json_to_distribution(v) for k, v in stored.items()}
@@ -428,10 +449,11 @@ class StrategySampler(BaseSampler):
             strategy.load_state_dict(json.loads(attrs[f"{_P}state:{gen - 1}"]))
             told = list(attrs.get(f"{_P}told:{gen - 1}", []))
             prev = attrs[f"{_P}candidates:{gen - 1}"]
-            by_idx = {t.system_attrs[_P + "idx"]: t for t in self._slots(study, gen - 1)}
+            trials = storage.get_all_trials(sid, deepcopy=False)
+            by_idx = {t.system_attrs[_P + "idx"]: t for t in self._slots(trials, gen - 1)}
             values = [self._score(study, by_idx[i]) for i in range(len(prev))]
             strategy.tell([dict(p) for p in prev], values)
-            told += self._observe_extras(study, strategy, set(told))
+            told += self._observe_extras(study, trials, strategy, set(told))
         candidates = [_plain(c) for c in strategy.ask()]
         state = json.dumps(strategy.state_dict(), allow_nan=False)
         # The candidates are written last: their presence means the generation is stored.
@@ -444,10 +466,11 @@ class StrategySampler(BaseSampler):
             storage.set_study_system_attr(sid, f"{_P}state:{gen - 1}", None)
         return role
 
-    def _observe_extras(self, study: Study, strategy: Strategy, told: set[int]) -> list[int]:
+    def _observe_extras(
+        self, study: Study, trials: list[FrozenTrial], strategy: Strategy, told: set[int]
+    ) -> list[int]:
         """Tell the strategy the extra trials finished since; returns their numbers."""
         points, values, numbers = [], [], []
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         for t in sorted(trials, key=lambda t: t.number):
             role = t.system_attrs.get(_ROLE)
             if not role or role["kind"] != "extra" or t.number in told:

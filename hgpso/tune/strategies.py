@@ -130,7 +130,7 @@ class Strategy:
         for j, i in enumerate(order):
             told[i] = vals[j]
         u = self._pending
-        self._pending = None
+        self._pending, self._exact = None, {}
         self._record(asked, told)
         self._tell_unit(u, told)
         self.iteration += 1

@@ -140,3 +140,27 @@ def fake_llm():
     srv = FakeLLM()
     yield srv
     srv.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server started for this test run on 127.0.0.1, stopped at its end.
+
+    Skipped only where the server binaries (``initdb``, ``pg_ctl``) are absent; a missing
+    ``psycopg2`` driver (the ``test`` extra) is a failure, not a skip.
+    """
+    from tests.tune.postgres import PostgresServer, find_binaries
+
+    bindir = find_binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg2 is missing: install the test extra (pip install -e '.[test]')")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()  # also when a test (or the start itself) failed
