@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +17,17 @@ from torch import Tensor
 from hgpso import functional as F
 from hgpso.optim.random import SwarmRandom
 
-__all__ = ["accept_bests", "adapt", "fresh_rows", "score", "valid_particles", "write_rows"]
+__all__ = [
+    "Tally",
+    "accept_bests",
+    "adapt",
+    "fresh_rows",
+    "gbest_changed",
+    "score",
+    "tally",
+    "valid_particles",
+    "write_rows",
+]
 
 
 def valid_particles(losses: Tensor, grads: Sequence[Tensor] | None) -> Tensor:
@@ -65,6 +76,58 @@ def score(
     if not keep_pbest:
         pbest_losses.masked_fill_(~valid, math.inf)
     return improved, pbest_losses
+
+
+@dataclass
+class Tally:
+    """One step's scoring: the masks and new best losses (device tensors, all ``N``
+    particles) and, from one host read, the numbers the bookkeeping branches on."""
+
+    valid: Tensor
+    improved: Tensor
+    pbest_losses: Tensor
+    n_valid: int
+    n_improved: int
+    best_now: float  #: the lowest valid loss of this step (``inf``: none)
+    gbest_loss: float  #: the lowest best loss (``inf``: no particle has a finite best)
+    b: int  #: its particle
+    b_improved: bool  #: whether particle ``b`` improved on this step
+    b_loss: float  #: particle ``b``'s loss on this batch
+    local_improved: int  #: how many of this process's particles improved
+
+
+def tally(
+    losses: Tensor, valid: Tensor, improved: Tensor, pbest_losses: Tensor, local_improved: Tensor
+) -> Tally:
+    """The step's numbers in one host read (``local_improved``: this process's rows of
+    ``improved``)."""
+    best = pbest_losses.argmin()
+    numbers = torch.stack(
+        [
+            valid.sum().float(),
+            improved.sum().float(),
+            torch.where(valid, losses, math.inf).min(),
+            pbest_losses[best],
+            best.float(),
+            improved[best].float(),
+            losses[best],
+            local_improved.sum().float(),
+        ]
+    ).tolist()
+    n_valid, n_improved, best_now, gbest_loss, b, b_improved, b_loss, local = numbers
+    return Tally(
+        valid,
+        improved,
+        pbest_losses,
+        int(n_valid),
+        int(n_improved),
+        best_now,
+        gbest_loss,
+        int(b),
+        bool(b_improved),
+        b_loss,
+        int(local),
+    )
 
 
 def accept_bests(
@@ -142,6 +205,18 @@ def fresh_rows(
             F.perturb_([fresh], [gbests[k]], group["init_spread"], [noise])
             rows.append((k, idx, fresh))
     return rows
+
+
+def gbest_changed(swarm: dict[str, Any], b: int, improved_b: bool, *, stored: bool) -> bool:
+    """Whether the new global best (particle ``b``'s personal best) may differ from the one
+    stored (a sharded swarm's owner of ``b`` then sends it). ``stored``: personal bests are
+    kept; without them (``forget = 1``) the bests are the positions just scored."""
+    return (
+        not stored
+        or improved_b
+        or b != swarm["gbest_index"]
+        or not math.isfinite(swarm["gbest_loss"])
+    )
 
 
 def write_rows(moved: list[tuple[Tensor, Tensor]], rows: list[tuple[int, Tensor, Tensor]]) -> None:

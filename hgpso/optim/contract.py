@@ -15,13 +15,60 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hgpso import kernels
+from hgpso.optim.options import check_group
+
 __all__ = [
+    "before_step",
     "check_members",
+    "check_parameters",
     "mark_grads",
     "refuse_accumulated_grads",
     "refuse_grad_scaler",
     "scoring_closure",
 ]
+
+
+def before_step(optimizer: Any, closure: Callable[[], Any] | None) -> None:
+    """The checks a step makes before anything moves: no fp16 gradient scaling, the
+    groups' hyperparameters (a scheduler or callback may have written them), no gradients
+    accumulated outside the step, a closure."""
+    refuse_grad_scaler(optimizer)
+    for k, group in enumerate(optimizer.param_groups):
+        check_group(group, f"param group {k}")
+    name = type(optimizer).__name__
+    refuse_accumulated_grads(optimizer._trainable(), name)
+    if closure is None:
+        raise RuntimeError(
+            f"{name}.step() needs a closure: a swarm scores N candidate weight sets per step, "
+            "so it must be able to re-evaluate the loss for each. Pass "
+            "`optimizer.step(closure)` (or `hgpso.vectorized_closure(...)`)."
+        )
+
+
+def check_parameters(params: Sequence[Tensor], *, fused: bool | None) -> None:
+    """The swarm's parameters when it is built: some, on one device, where ``fused`` can run."""
+    if not params:
+        raise ValueError(
+            "no parameter has requires_grad=True: a swarm needs at least one trainable "
+            "parameter (unfreeze some, or pass only the trainable ones)"
+        )
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(
+            f"all parameters must be on one device, got {sorted(map(str, devices))}: "
+            "every particle is a full copy of the model kept in one batched swarm"
+        )
+    if fused and not kernels.is_available():
+        raise RuntimeError(
+            "fused=True but the fused HG-PSO kernel is unavailable "
+            "(run `python -m hgpso.kernels --build` for details)"
+        ) from kernels.load_error()
+    if fused and not kernels.supports_device(params[0].device):
+        raise ValueError(
+            f"fused=True needs CUDA parameters, but they are on {params[0].device}; "
+            "use fused=None (the default) or fused=False"
+        )
 
 
 def mark_grads(params: Sequence[Tensor]) -> None:

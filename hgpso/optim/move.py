@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +22,7 @@ from hgpso import functional as F
 from hgpso import kernels
 from hgpso.optim.random import SwarmRandom
 
-__all__ = ["GroupMove", "move", "wants_fused"]
+__all__ = ["GroupMove", "group_moves", "move", "wants_fused"]
 
 
 @dataclass
@@ -40,6 +41,38 @@ class GroupMove:
     cognitive: float
     social: float
     max_velocity: float | None
+
+
+def group_moves(
+    groups: list[tuple[int, dict[str, Any], list[int]]],
+    hyper: list[dict[str, float]],
+    positions: list[Tensor],
+    velocities: list[Tensor],
+    pbests: list[Tensor],
+    gbests: list[Tensor],
+    grads: list[Tensor] | None,
+) -> list[GroupMove]:
+    """Each group's :class:`GroupMove` (``groups``: index, group, its parameters' indices;
+    ``hyper``: the coefficients each group's move uses, after adaptation)."""
+    out = []
+    for (gi, group, ks), hp in zip(groups, hyper, strict=True):
+        out.append(
+            GroupMove(
+                index=gi,
+                ks=ks,
+                positions=[positions[k] for k in ks],
+                velocities=[velocities[k] for k in ks],
+                pbests=[pbests[k] for k in ks],
+                gbests=[gbests[k] for k in ks],
+                grads=None if grads is None else [grads[k] for k in ks],
+                lr=hp["lr"],
+                inertia=hp["inertia"],
+                cognitive=hp["cognitive"],
+                social=hp["social"],
+                max_velocity=group["max_velocity"],
+            )
+        )
+    return out
 
 
 def wants_fused(fused: bool | None, device: torch.device, *, allowed: bool) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "check_number",
     "check_option",
     "check_options",
+    "describe",
     "merge_aliases",
 ]
 
@@ -165,7 +166,29 @@ def check_options(options: Mapping[str, Any], *, where: str = "") -> dict[str, A
             f"{where or 'the swarm options'} name unknown options {sorted(unknown)}; "
             f"the options are {sorted(_SPEC)}"
         )
-    return {name: check_option(name, value) for name, value in options.items()}
+    out = {name: check_option(name, value) for name, value in options.items()}
+    if out.get("distributed") == "sharded" and out.get("fused"):
+        raise ValueError(
+            "fused=True cannot be combined with distributed='sharded': the fused kernel's "
+            "counter-based randoms depend on a particle's row in its tensor, which "
+            "sharding changes; use fused=None or fused=False"
+        )
+    return out
+
+
+def describe(opt: Any) -> dict[str, Any]:
+    """Everything the ranks of a distributed swarm must agree on, as a flat JSON-able dict
+    (exchanged as one digest by :meth:`hgpso.distributed.SwarmComm.check_config`)."""
+    out: dict[str, Any] = {"optimizer class": type(opt).__name__}
+    out.update({k: v for k, v in opt.defaults[OPTIONS_KEY].items() if k != "seed"})
+    for k, group in enumerate(opt.param_groups):
+        for key in GROUP_KEYS:
+            if key in opt.defaults:
+                out[f"param group {k} {key}"] = group[key]
+    params = opt._trainable()
+    out["parameter shapes"] = [list(p.shape) for p in params]
+    out["parameter dtypes"] = [str(p.dtype) for p in params]
+    return out
 
 
 T = TypeVar("T")

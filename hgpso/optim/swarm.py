@@ -1,29 +1,19 @@
 """The swarm optimizer base: the step, orchestrated from the parts of :mod:`hgpso.optim`.
 
 :class:`~hgpso.optim.HGPSO` and :class:`~hgpso.optim.PSO` differ only in whether the
-gradient enters the velocity; everything else is defined once, one job per module:
+gradient enters the velocity. One job per module: :mod:`~hgpso.optim.options` (the options
+spec), :mod:`~hgpso.optim.layout` (the state tensors), :mod:`~hgpso.optim.contract` (what a
+step refuses), :mod:`~hgpso.optim.bookkeeping` (bests, adaptation, re-seeding),
+:mod:`~hgpso.optim.move` (the update), :mod:`~hgpso.optim.placement` (replicated or sharded
+particles), :mod:`~hgpso.optim.particle_buffers` (BatchNorm statistics per particle),
+:mod:`~hgpso.optim.checkpoint` and :mod:`~hgpso.optim.persistence` (loading and saving).
 
-=================================  ========================================================
-:mod:`~hgpso.optim.options`        the swarm-wide options (one spec, kept in the state) and
-                                   the groups' hyperparameters
-:mod:`~hgpso.optim.layout`         the state tensors: what is stored, allocation, fill-in
-:mod:`~hgpso.optim.contract`       what a step refuses before anything moves, ``p.grad``
-:mod:`~hgpso.optim.bookkeeping`    valid particles, scores, bests, adaptation, re-seeding
-:mod:`~hgpso.optim.move`           the velocity and position update (reference or fused)
-:mod:`~hgpso.optim.placement`      replicated or sharded particles, behind one interface
-:mod:`~hgpso.optim.particle_buffers`  the per-particle buffers (BatchNorm statistics)
-:mod:`~hgpso.optim.checkpoint`     loading: validation, older layouts, resharding
-=================================  ========================================================
-
-A step is atomic: the new positions, velocities, personal and global bests are computed
-into new tensors, and only when everything has succeeded are they swapped into
-``optimizer.state`` (plain reference assignments); a failure anywhere before leaves the state
-exactly as it was and the model on the last global best.
+A step is atomic: everything is computed into new tensors and swapped into ``state`` only
+when all has succeeded; a failure leaves the state as it was and the model on the global best.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,23 +24,21 @@ from torch.optim import Optimizer
 
 from hgpso import distributed as distributed_
 from hgpso import functional as F
-from hgpso import kernels
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
 from hgpso.evaluate.request import active_request
-from hgpso.optim import bookkeeping, checkpoint, contract, layout
+from hgpso.optim import bookkeeping, checkpoint, contract, layout, persistence
 from hgpso.optim import move as move_
 from hgpso.optim.options import (
-    GROUP_KEYS,
-    OLD_DEFAULTS,
     OPTIONS_KEY,
     Option,
     ParamGroup,
     check_group,
     check_options,
+    describe,
     merge_aliases,
 )
 from hgpso.optim.particle_buffers import ParticleBuffers
-from hgpso.optim.placement import Placement, Sharded, make_placement
+from hgpso.optim.placement import Placement, make_placement
 from hgpso.optim.random import SwarmRandom
 
 __all__ = ["SwarmOptimizer"]
@@ -69,7 +57,8 @@ class SwarmOptimizer(Optimizer):
     #: whether the velocity has a gradient term (and so the closure must call backward)
     uses_gradients: bool = True
 
-    # the swarm-wide options, kept in ``state["swarm_options"]`` (see hgpso.optim.options)
+    # the swarm-wide options, kept in ``defaults["swarm_options"]`` (hgpso.optim.options);
+    # ``load_state_dict`` checks a checkpoint whole first (hgpso.optim.checkpoint)
     num_particles: Option[int] = Option()
     forget: Option[float] = Option()
     adaptive: Option[bool] = Option()
@@ -92,12 +81,6 @@ class SwarmOptimizer(Optimizer):
         **options: Any,
     ) -> None:
         options = check_options(options)
-        if options["distributed"] == "sharded" and options["fused"]:
-            raise ValueError(
-                "fused=True cannot be combined with distributed='sharded': the fused kernel's "
-                "counter-based randoms depend on a particle's row in its tensor, which "
-                "sharding changes; use fused=None or fused=False"
-            )
         check_group(defaults, "the defaults")
         defaults = {**defaults, "momentum": defaults["inertia"]}
         self._members: list[Tensor] | None = None
@@ -105,27 +88,7 @@ class SwarmOptimizer(Optimizer):
         # in ``defaults``, which torch pickles and deep-copies (not in ``state``, which stays
         # empty until the first step, as torch's optimizers keep it)
         self.defaults[OPTIONS_KEY] = options
-        if not self._trainable():
-            raise ValueError(
-                "no parameter has requires_grad=True: a swarm needs at least one trainable "
-                "parameter (unfreeze some, or pass only the trainable ones)"
-            )
-        devices = {p.device for p in self._trainable()}
-        if len(devices) > 1:
-            raise ValueError(
-                f"all parameters must be on one device, got {sorted(map(str, devices))}: "
-                "every particle is a full copy of the model kept in one batched swarm"
-            )
-        if options["fused"] and not kernels.is_available():
-            raise RuntimeError(
-                "fused=True but the fused HG-PSO kernel is unavailable "
-                "(run `python -m hgpso.kernels --build` for details)"
-            ) from kernels.load_error()
-        if options["fused"] and not kernels.supports_device(self._device()):
-            raise ValueError(
-                f"fused=True needs CUDA parameters, but they are on {self._device()}; "
-                "use fused=None (the default) or fused=False"
-            )
+        contract.check_parameters(self._trainable(), fused=options["fused"])
         comm = distributed_.SwarmComm.resolve(process_group, options["distributed"])
         if comm is not None:
             # the same model, options and hyperparameters everywhere; rank 0's weights and
@@ -134,7 +97,7 @@ class SwarmOptimizer(Optimizer):
             comm.check_config(
                 params=params,
                 num_particles=options["num_particles"],
-                description=self._description(),
+                description=describe(self),
             )
             seed = self.seed
             if seed is None:
@@ -145,27 +108,21 @@ class SwarmOptimizer(Optimizer):
     def _attach(self, comm: distributed_.SwarmComm | None) -> None:
         """The runtime parts, which hold no state of their own (rebuilt after unpickling)."""
         self._placement: Placement = make_placement(self.distributed, comm, self.num_particles)
-        self._random: SwarmRandom | None = None
-        self._buffers = ParticleBuffers(from_checkpoint=_keeps_buffers(self))
-        if _SWARM in self.state:
-            self._members = [p for p in self._candidates() if p in self.state]
-            rng = self.state[_SWARM].get("rng_state")
-            if rng is not None:
-                self.random.set_state(rng)
+        self._reset_runtime()
         self.register_load_state_dict_pre_hook(checkpoint.prepare_load)
         self.register_load_state_dict_post_hook(SwarmOptimizer._after_load)
 
-    def _description(self) -> dict[str, Any]:
-        """Everything the ranks of a distributed swarm must agree on."""
-        out: dict[str, Any] = {"optimizer class": type(self).__name__}
-        out.update({k: v for k, v in self.defaults[OPTIONS_KEY].items() if k != "seed"})
-        for k, group in enumerate(self.param_groups):
-            for key in GROUP_KEYS:
-                if key in self.defaults:
-                    out[f"param group {k} {key}"] = group[key]
-        out["parameter shapes"] = [list(p.shape) for p in self._trainable()]
-        out["parameter dtypes"] = [str(p.dtype) for p in self._trainable()]
-        return out
+    def _reset_runtime(self) -> None:
+        """Members, random stream and buffer tracking as the state says (after building,
+        loading or unpickling); the per-particle buffers are matched on the next step."""
+        self._random: SwarmRandom | None = None
+        self._buffers = ParticleBuffers(from_checkpoint=_keeps_buffers(self))
+        self._members = None
+        if _SWARM in self.state:
+            self._members = [p for p in self._candidates() if "position" in self.state.get(p, {})]
+            rng = self.state[_SWARM].get("rng_state")
+            if rng is not None:
+                self.random.set_state(rng)
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -328,16 +285,9 @@ class SwarmOptimizer(Optimizer):
     def swarm_stats(self) -> dict[str, float]:
         """Numbers worth logging: best and smoothed losses, adaptation, NaN re-seeds."""
         s = self.swarm
-        return {
-            "step": float(s["step"]),
-            "gbest_loss": float(s["gbest_loss"]),
-            "loss_ema": float("nan") if s["loss_ema"] is None else float(s["loss_ema"]),
-            "success_rate": float(s["success_rate"]),
-            "lr_scale": float(s["lr_scale"]),
-            "nan_reseeds": float(s["nan_reseeds"]),
-            "evaluations": float(s["evaluations"]),
-            "steps_since_improvement": float(s["steps_since_improvement"]),
-        }
+        keys = ["step", "gbest_loss", "loss_ema", "success_rate", "lr_scale", "nan_reseeds"]
+        keys += ["evaluations", "steps_since_improvement"]
+        return {k: math.nan if s[k] is None else float(s[k]) for k in keys}
 
     # ------------------------------------------------------------------ the step
     def _write_gbest_into_params(self) -> None:
@@ -381,16 +331,8 @@ class SwarmOptimizer(Optimizer):
         After the step the model's parameters hold the swarm's global best, and ``p.grad``
         its gradient on this batch (``None`` when the global best was not scored on it).
         """
-        contract.refuse_grad_scaler(self)
-        for k, group in enumerate(self.param_groups):  # a scheduler or callback wrote them
-            check_group(group, f"param group {k}")
-        contract.refuse_accumulated_grads(self._trainable(), type(self).__name__)
-        if closure is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() needs a closure: a swarm scores N candidate "
-                "weight sets per step, so it must be able to re-evaluate the loss for each. "
-                "Pass `optimizer.step(closure)` (or `hgpso.vectorized_closure(...)`)."
-            )
+        contract.before_step(self, closure)
+        assert closure is not None
         self._init_swarm()
         params = self._trainable()
         contract.check_members(self.param_groups, {id(p) for p in params})
@@ -463,52 +405,22 @@ class SwarmOptimizer(Optimizer):
         one host read, adaptation, personal and global bests, the move, re-seeded rows,
         the buffers. The commit only assigns references (and launches the fused kernel).
         """
-        swarm, placement = self.state[_SWARM], self._placement
-        losses = losses.to(self._device())
-        valid = placement.valid(losses, grads)
-        improved, pbest_losses = bookkeeping.score(
-            swarm["pbest_losses"],
-            losses,
-            valid,
-            forget=self.forget,
-            keep_pbest=self._keeps_pbest(),
-            has_pbest=self._has_pbest(),
-        )
-        best = pbest_losses.argmin()
-        stats = torch.stack(
-            [  # one host read per step for everything the bookkeeping needs
-                valid.sum().float(),
-                improved.sum().float(),
-                torch.where(valid, losses, math.inf).min(),
-                pbest_losses[best],
-                best.float(),
-                placement.local(improved).sum().float(),
-                improved[best].float(),
-                losses[best],
-            ]
-        ).tolist()
-        n_valid, n_improved, best_now, gbest_loss, b, mine_improved, b_improved, b_loss = stats
+        swarm, placement, keep = self.state[_SWARM], self._placement, self._keeps_pbest()
+        t = self._tally(losses.to(self._device()), grads)
         bookkeeping.adapt(
-            swarm, self.defaults[OPTIONS_KEY], n_improved / self.num_particles, best_now
+            swarm, self.defaults[OPTIONS_KEY], t.n_improved / len(t.valid), t.best_now
         )
         fused = move_.wants_fused(self.fused, self._device(), allowed=placement.fused_allowed)
-        olds = self._all("pbest") if self._keeps_pbest() and self._has_pbest() else None
+        olds = self._all("pbest") if keep and self._has_pbest() else None
         pbests = bookkeeping.accept_bests(
             self._all("position"),
             olds,
-            placement.local(improved),
-            int(mine_improved),
-            keep_pbest=self._keeps_pbest(),
+            placement.local(t.improved),
+            t.local_improved,
+            keep_pbest=keep,
             in_place_move=fused,
         )
-        gbests, gbest_grad, change = self.gbest(), None, None
-        if math.isfinite(gbest_loss):  # else no particle has a finite best: the last one stays
-            b = int(b)
-            change = (b, self._gbest_changed(b, bool(b_improved)))
-            scored = grads if grads is not None and b_loss == gbest_loss else None
-            gbests, gbest_grad = placement.global_best(b, change[1], pbests, scored, gbests)
-        else:
-            b, gbest_loss = swarm["gbest_index"], swarm["gbest_loss"]
+        gbests, gbest_grad, change = self._global_best(t, pbests, grads)
         moved, launches = move_.move(
             self._group_moves(gbests, grads, pbests),
             fused=fused,
@@ -517,27 +429,53 @@ class SwarmOptimizer(Optimizer):
             step=swarm["step"],
             num_groups=len(self.param_groups),
         )
-        n_bad = self.num_particles - int(n_valid)
-        rows = self._fresh_rows(~placement.local(valid), gbests) if n_bad else []
+        n_bad = self.num_particles - t.n_valid
+        rows = self._fresh_rows(~placement.local(t.valid), gbests) if n_bad else []
         if not launches:  # the moved tensors are new: re-seed them before the commit
             bookkeeping.write_rows(moved, rows)
-        self._buffers.advance(
-            swarm,
-            placement,
-            placement.local(improved),
-            placement.local(valid),
-            change,
-            self._keeps_pbest(),
-        )
+        local_improved, local_valid = placement.local(t.improved), placement.local(t.valid)
+        self._buffers.advance(swarm, placement, local_improved, local_valid, change, keep)
+        # ---- commit: reference assignments, then the fused kernel's in-place launches
         self._commit(moved, pbests, gbests)
-        swarm.update(pbest_losses=pbest_losses, gbest_index=int(b), gbest_loss=gbest_loss)
-        for launch in launches:  # the fused kernel writes in place: after every check
+        b, loss = (
+            (change[0], t.gbest_loss) if change else (swarm["gbest_index"], swarm["gbest_loss"])
+        )
+        swarm.update(pbest_losses=t.pbest_losses, gbest_index=b, gbest_loss=loss)
+        for launch in launches:
             launch()
         if launches:
             bookkeeping.write_rows(moved, rows)
         swarm["nan_reseeds"] += n_bad
         swarm["step"] += 1
         return gbest_grad
+
+    def _tally(self, losses: Tensor, grads: list[Tensor] | None) -> bookkeeping.Tally:
+        """Validity, improvement and new best losses of all ``N`` particles, one host read."""
+        valid = self._placement.valid(losses, grads)
+        improved, pbest_losses = bookkeeping.score(
+            self.state[_SWARM]["pbest_losses"],
+            losses,
+            valid,
+            forget=self.forget,
+            keep_pbest=self._keeps_pbest(),
+            has_pbest=self._has_pbest(),
+        )
+        local = self._placement.local(improved)
+        return bookkeeping.tally(losses, valid, improved, pbest_losses, local)
+
+    def _global_best(
+        self, t: bookkeeping.Tally, pbests: list[Tensor], grads: list[Tensor] | None
+    ) -> tuple[list[Tensor], list[Tensor] | None, tuple[int, bool] | None]:
+        """The new global best's weights, its gradient (``None``: not scored on this batch)
+        and ``(b, changed)``; the last one stays when no particle has a finite best."""
+        if not math.isfinite(t.gbest_loss):
+            return self.gbest(), None, None
+        changed = bookkeeping.gbest_changed(
+            self.state[_SWARM], t.b, t.b_improved, stored=self._keeps_pbest() and self._has_pbest()
+        )
+        scored = grads if grads is not None and t.b_loss == t.gbest_loss else None
+        gbests, grad = self._placement.global_best(t.b, changed, pbests, scored, self.gbest())
+        return gbests, grad, (t.b, changed)
 
     def _commit(
         self, moved: list[tuple[Tensor, Tensor]], pbests: list[Tensor], gbests: list[Tensor]
@@ -552,42 +490,21 @@ class SwarmOptimizer(Optimizer):
             else:
                 st.pop("pbest", None)  # forget was raised to 1: the stored bests are unused
 
-    def _gbest_changed(self, b: int, improved_b: bool) -> bool:
-        """Whether the new global best (particle ``b``'s personal best) may differ from the
-        stored one (a sharded swarm's owner of ``b`` then sends it)."""
-        swarm = self.state[_SWARM]
-        return (
-            not self._keeps_pbest()  # forget = 1: the bests are the positions just scored
-            or not self._has_pbest()
-            or improved_b
-            or b != swarm["gbest_index"]
-            or not math.isfinite(swarm["gbest_loss"])
-        )
-
     def _group_moves(
         self, gbests: list[Tensor], grads: list[Tensor] | None, pbests: list[Tensor]
     ) -> list[move_.GroupMove]:
-        positions, velocities = self._all("position"), self._all("velocity")
-        out = []
-        for gi, group, ks in self._group_slices():
-            hp = self.effective_hyperparameters(group)
-            out.append(
-                move_.GroupMove(
-                    index=gi,
-                    ks=ks,
-                    positions=[positions[k] for k in ks],
-                    velocities=[velocities[k] for k in ks],
-                    pbests=[pbests[k] for k in ks],
-                    gbests=[gbests[k] for k in ks],
-                    grads=None if grads is None else [grads[k] for k in ks],
-                    lr=hp["lr"] if self.uses_gradients else 0.0,
-                    inertia=hp["inertia"],
-                    cognitive=hp["cognitive"],
-                    social=hp["social"],
-                    max_velocity=group["max_velocity"],
-                )
-            )
-        return out
+        hyper = [self.effective_hyperparameters(g) for _, g, _ in self._group_slices()]
+        if not self.uses_gradients:
+            hyper = [{**hp, "lr": 0.0} for hp in hyper]
+        return move_.group_moves(
+            self._group_slices(),
+            hyper,
+            self._all("position"),
+            self._all("velocity"),
+            pbests,
+            gbests,
+            grads,
+        )
 
     def _fresh_rows(self, bad: Tensor, gbests: list[Tensor]) -> list[tuple[int, Tensor, Tensor]]:
         ids = self._placement.particle_ids(bad.nonzero().flatten())
@@ -596,15 +513,11 @@ class SwarmOptimizer(Optimizer):
 
     # --------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
+        """The torch layout (``state``, ``param_groups``), the swarm-wide options beside it
+        (``swarm_options``) and the class (``swarm_optimizer``); a sharded rank's own share."""
         if _SWARM in self.state:
             self.state[_SWARM]["rng_state"] = self.random.get_state()
-        sd = super().state_dict()
-        if _SWARM in sd["state"]:  # a snapshot, not the live dict the next step mutates
-            sd["state"][_SWARM] = copy.deepcopy(sd["state"][_SWARM])
-        # the options beside the state, as checkpoints have always kept them
-        sd[OPTIONS_KEY] = dict(self.defaults[OPTIONS_KEY])
-        sd[checkpoint.CLASS_KEY] = type(self).__name__
-        return sd
+        return persistence.snapshot(self, super().state_dict())
 
     def consolidated_state_dict(self, to: int = 0) -> dict[str, Any] | None:
         """A state_dict holding **all** particles, on rank ``to`` (``None`` on the others).
@@ -614,37 +527,13 @@ class SwarmOptimizer(Optimizer):
         result loads on any number of ranks, and into a single process (see
         :mod:`hgpso.optim.checkpoint`). Without sharding it is :meth:`state_dict`.
         """
-        own = self.state_dict()
-        placement = self._placement
-        if not isinstance(placement, Sharded) or placement.comm is None:
-            return own
-        shards = placement.gather(own, to)
-        if shards is None:
-            return None
-        return checkpoint.merge_shards(shards, self.num_particles)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a checkpoint; it is checked whole (see :mod:`hgpso.optim.checkpoint`) before
-        anything changes, so a refused one leaves this optimizer as it was."""
-        super().load_state_dict(state_dict)
+        return persistence.consolidate(self, self.state_dict(), to)
 
     @staticmethod
     def _after_load(opt: Optimizer) -> None:
+        persistence.after_load(opt)
         assert isinstance(opt, SwarmOptimizer)
-        opt.defaults[OPTIONS_KEY] = opt.__dict__.pop("_loaded_options")
-        opt.param_groups = [ParamGroup(g) for g in opt.param_groups]
-        opt._members = None
-        opt._random = None
-        opt._buffers = ParticleBuffers(from_checkpoint=_keeps_buffers(opt))
-        if _SWARM not in opt.state:
-            return
-        members = opt._trainable()
-        swarm = opt.state[_SWARM]
-        swarm["pbest_losses"] = swarm["pbest_losses"].to(opt._device(), torch.float32)
-        layout.fill_in(opt.state, members, keep_pbest=opt._keeps_pbest())
-        opt._members = members
-        if swarm.get("rng_state") is not None:
-            opt.random.set_state(swarm["rng_state"])
+        opt._reset_runtime()
 
     def __getstate__(self) -> dict[str, Any]:
         if _SWARM in self.state:  # the live random stream travels with the state
@@ -655,15 +544,8 @@ class SwarmOptimizer(Optimizer):
         loading = "_placement" in self.__dict__  # torch's load_state_dict calls this too
         super().__setstate__(state)
         self.param_groups = [ParamGroup(g) for g in self.param_groups]
-        if loading:
-            return
-        # unpickled (or deep-copied): the options are in the state; older pickles lack them
-        if OPTIONS_KEY not in self.defaults:
-            n = self.state[_SWARM]["pbest_losses"].numel() if _SWARM in self.state else 1
-            self.defaults[OPTIONS_KEY] = {"num_particles": n, **OLD_DEFAULTS}
-        if "inertia" in self.defaults:
-            self.defaults.setdefault("momentum", self.defaults["inertia"])
-        self._members = None
-        # a process group does not pickle: the copy shares the default group, if any
-        mode = distributed_.check_mode(self.distributed)
-        self._attach(distributed_.SwarmComm.resolve(None, mode))
+        if not loading:  # unpickled or deep-copied
+            persistence.fill_unpickled(self)
+            # a process group does not pickle: the copy shares the default group, if any
+            mode = distributed_.check_mode(self.distributed)
+            self._attach(distributed_.SwarmComm.resolve(None, mode))
