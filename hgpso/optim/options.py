@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar, overload
 
+from torch import Tensor
+
 from hgpso.distributed import check_mode
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "check_options",
     "describe",
     "merge_aliases",
+    "new_group",
 ]
 
 #: where the swarm-wide options live in ``optimizer.defaults`` (and in ``state_dict()``)
@@ -277,6 +280,26 @@ class ParamGroup(dict):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ParamGroup, (dict(self),))
+
+
+def new_group(param_group: Mapping[str, Any], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """``param_group`` checked for a swarm whose groups are ``groups``: valid values, both
+    names of the inertia set, its parameters a list none of which is already in a group."""
+    where = f"param group {len(groups)}"
+    check_group(param_group, where)
+    group = merge_aliases(param_group, where)
+    params = group["params"]
+    params = [params] if isinstance(params, Tensor) else list(params)
+    seen = {id(p) for g in groups for p in g["params"]}
+    for i, p in enumerate(params):
+        if id(p) in seen:
+            raise ValueError(
+                f"parameter {i} of {where} (shape {tuple(p.shape)}) appears more than once in "
+                "the optimizer: each parameter must be given once, or it would move several "
+                "times per step"
+            )
+        seen.add(id(p))
+    return {**group, "params": params}
 
 
 def merge_aliases(group: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from hgpso.optim.options import (
     check_group,
     check_options,
     describe,
-    merge_aliases,
+    new_group,
 )
 from hgpso.optim.particle_buffers import ParticleBuffers
 from hgpso.optim.placement import Placement, make_placement
@@ -126,27 +126,12 @@ class SwarmOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        where = f"param group {len(self.param_groups)}"
-        check_group(param_group, where)
-        param_group = merge_aliases(param_group, where)
         if getattr(self, "_members", None) is not None or _SWARM in self.state:
             raise RuntimeError(
                 "cannot add a param group after the swarm was created: every particle must "
                 "cover the same parameters from the first step on"
             )
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        param_group = {**param_group, "params": params}
-        seen = {id(p) for g in self.param_groups for p in g["params"]}
-        for i, p in enumerate(params):
-            if id(p) in seen:
-                raise ValueError(
-                    f"parameter {i} of param group {len(self.param_groups)} (shape "
-                    f"{tuple(p.shape)}) appears more than once in the optimizer: each "
-                    "parameter must be given once, or it would move several times per step"
-                )
-            seen.add(id(p))
-        super().add_param_group(param_group)
+        super().add_param_group(new_group(param_group, self.param_groups))
         group = ParamGroup(self.param_groups[-1])
         group.pop(OPTIONS_KEY, None)  # swarm-wide, not a group value (torch copies defaults)
         self.param_groups[-1] = group
