@@ -43,9 +43,7 @@ def train_and_consolidate(rank: int, world_size: int, out: Path, *, cfg: dict[st
         torch.save(final, out / "straight.pt")
 
 
-def resume(
-    rank: int, world_size: int, out: Path, *, cfg: dict[str, Any], ckpt_path: str
-) -> None:
+def resume(rank: int, world_size: int, out: Path, *, cfg: dict[str, Any], ckpt_path: str) -> None:
     """Every rank loads the consolidated checkpoint, then the last K steps."""
     ckpt = torch.load(ckpt_path, weights_only=False)
     torch.manual_seed(999 + rank)  # another torch RNG state, as in a fresh process
