@@ -326,3 +326,27 @@ def test_load_refuses_a_state_for_other_bounds():
     wider = SearchSpace({f"x{i}": Float(-2.0, 1.0) for i in range(2)})
     with pytest.raises(ValueError, match="search space"):
         make_strategy("ga", wider, population=4).load_state_dict(state)
+
+
+def test_llm_ga_state_round_trips_its_llm_records(fake_llm):
+    pytest.importorskip("openai")
+    from hgpso.tune import LLMGA, LLMClient
+
+    answer = json.dumps({"points": [{"x0": 0.31, "x1": 0.29}]})
+    fake_llm.script = [("ok", answer)] * 2
+    client = LLMClient(base_url=fake_llm.url, model="fake", api_key="k", max_retries=0)
+    a = LLMGA(space(2), population=4, seed=0, llm=client, k=1)
+    run(a, iters=2)  # the second ask is an LLM generation
+    a.ask()
+    state = json.loads(json.dumps(a.state_dict(), allow_nan=False))
+    assert state["data"]["llm_rounds"] == 2 and state["data"]["eot"]
+    assert state["data"]["llm_stats"]["calls"] == len(fake_llm.requests) == 2
+    fresh = LLMClient(base_url=fake_llm.url, model="fake", api_key="k", max_retries=0)
+    b = LLMGA(space(2), population=4, seed=0, llm=fresh, k=1)
+    b.load_state_dict(state)
+    assert b.eot == a.eot and b._llm_rows == a._llm_rows and b.pending == a.pending
+    assert b.llm_stats.calls == 2  # the new client counts on from the saved totals
+    bad = json.loads(json.dumps(state))
+    bad["data"]["llm_stats"]["calls"] = "2"
+    with pytest.raises(ValueError, match="llm_stats"):
+        LLMGA(space(2), population=4, seed=0, llm=fresh, k=1).load_state_dict(bad)
