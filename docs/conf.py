@@ -83,6 +83,8 @@ nitpick_ignore_regex = [
     # private helpers that appear only as base classes or return types
     (r"py:class", r"hgpso\..*\._[A-Za-z].*"),
     (r"py:class", r"hgpso\.optim\.random\.SwarmRandom"),
+    # the descriptor behind the swarm-wide option attributes (opt.forget, ...)
+    (r"py:class", r"hgpso\.optim\.options\.Option"),
     (r"py:class", r"LossFn"),  # lightning_callbacks' alias for Callable[[module, batch], Tensor]
 ]
 

@@ -1,7 +1,7 @@
 r"""Per-particle buffers (BatchNorm's running statistics and the like) as one object.
 
 A buffer the forward pass updates in place belongs to the weights that produced it, so the
-swarm keeps it per particle (how they are found: :mod:`hgpso.evaluate.buffers`). Stored in
+swarm keeps it per particle (how they are found: ``hgpso.evaluate.buffers``). Stored in
 ``optimizer.state["swarm"]``, keyed by the buffer's ``model.named_buffers()`` name, in the
 buffer's dtype: ``buffers`` (``(M, *B)``, each of this process's particles' after its last
 forward pass), ``gbest_buffers`` (``B``, the global best's: what the model holds after a

@@ -29,7 +29,8 @@ class Placement:
     """The interface; see :class:`Replicated` and :class:`Sharded`."""
 
     mode: str
-    #: this process's particles: row ``j`` of the state tensors is particle ``rows.start + j``
+    #: the particles this process holds (row ``j`` of its state tensors is particle
+    #: ``rows.start + j``)
     rows: range
     #: whether the fused kernel may move this placement's rows
     fused_allowed: bool = True
