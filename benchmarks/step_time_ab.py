@@ -4,7 +4,9 @@ Runs ``benchmarks.step_time`` (CPU, no memory table) from two checkouts in turn,
 order round after round so that a drift of the machine's speed falls on both, each run one
 process pinned to one core with one torch thread, and prints, for every swarm size and path
 (Adam, HGPSO closure, vectorized loop, vectorized vmap), the median step time of each side
-and the median of the per-round ratios ``after/before`` (1.00: as fast; above: slower).
+and the median of the per-round ratios ``after/before`` (1.00: as fast; above: slower), also
+with each path taken relative to the same run's Adam step ("per Adam"), which cancels a
+drift of the machine within one run.
 
 ``--before`` is a git revision, checked out into a temporary worktree (removed afterwards);
 ``--after`` is a revision too, or ``.`` for the working tree as it is. The load average is
@@ -87,14 +89,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )
     print(f"load average after: {os.getloadavg()}")
     rows = []
-    print(f"{'N':>4} {'path':>12} {'before ms':>10} {'after ms':>9} {'after/before':>13}")
+    print(
+        f"{'N':>4} {'path':>12} {'before ms':>10} {'after ms':>9} {'after/before':>13} "
+        f"{'per Adam':>9}"
+    )
     for k, n in enumerate(args.particles):
         for path in PATHS:
             b = [run["rows"][k][path] for run in times["before"]]
             a = [run["rows"][k][path] for run in times["after"]]
             ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))
+            # each path over the same run's Adam step: a drift within one run cancels
+            a_adam = [run["rows"][k]["adam_ms"] for run in times["after"]]
+            b_adam = [run["rows"][k]["adam_ms"] for run in times["before"]]
+            rel = statistics.median(
+                (x / xa) / (y / ya) for x, xa, y, ya in zip(a, a_adam, b, b_adam, strict=True)
+            )
             row = {"particles": n, "path": path, "before_ms": statistics.median(b)}
             row.update(after_ms=statistics.median(a), after_over_before=ratio)
+            row["after_over_before_per_adam"] = rel
             rows.append(row)
             print(
                 f"{n:>4} {path[:-3]:>12} {row['before_ms']:>10.2f} {row['after_ms']:>9.2f} "
