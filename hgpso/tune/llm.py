@@ -505,7 +505,7 @@ class LLMClient:
             bytes cannot stretch it), and every back-off or ``Retry-After`` wait between
             attempts. Each attempt gets the time that is left; a request still running at
             the deadline is ended (its thread stops reading, its socket is shut down) and
-            counted as a failure. With ``client=``, it is only abandoned (see :meth:`_create`).
+            counted as a failure. With ``client=``, it is only abandoned (see ``_create``).
         max_retries: extra attempts after a failed request (0 = one attempt only).
         response_format: ``"auto"`` (try a JSON schema, then a JSON object, then plain
             text, remembering what the server accepted), ``"json_schema"``,
@@ -583,7 +583,7 @@ class LLMClient:
         }
 
     def scrub(self, text: str) -> str:
-        """``text`` with this client's API key (in every form :func:`scrub_secrets` knows)
+        """``text`` with this client's API key (in every form :func:`~hgpso.tune.llm.scrub_secrets` knows)
         and any ``Bearer``/``Authorization``/``sk-`` token replaced by ``***``.
 
         For code that re-emits text derived from a server's reply (warnings, logs, results)
