@@ -1,17 +1,16 @@
 """The swarm's state layout: the single definition of what is stored, allocation, fill-in.
 
-``optimizer.state[p]`` for every parameter ``p`` of the swarm (shape ``S``, ``P`` elements),
-in ``p``'s dtype and device:
-    ``position``, ``velocity``: tensors of shape ``(M, *S)``; row ``j`` is particle
+``optimizer.state[p]``, for every parameter ``p`` of the swarm (shape ``S``, ``P`` elements)
+    In ``p``'s dtype and device. ``position``, ``velocity``: tensors of shape ``(M, *S)``; row ``j`` is particle
     ``start + j`` of the ``M`` particles this process holds (all ``N``, ``start = 0``,
     unless ``distributed="sharded"``).
     ``gbest``: shape ``S``, the global best position (what the model holds after a step).
     ``pbest``: shape ``(M, *S)``, the personal bests, **only when** ``forget < 1``. With
     ``forget = 1`` a particle's personal best is always the position it was just scored at,
     so none is stored: the swarm keeps :math:`(2N + 1)P` numbers instead of
-    :math:`(3N + 1)P` (see :func:`hgpso.optim.bookkeeping.score` for the one case where
-    this changes a result: particles that are not finite).
-``optimizer.state["swarm"]`` (one per optimizer, since a particle spans all groups):
+    :math:`(3N + 1)P` (``hgpso.optim.bookkeeping.score`` says the one case where this
+    changes a result: particles that are not finite).
+``optimizer.state["swarm"]``, one per optimizer (a particle spans all groups)
     ``step`` (int), ``pbest_losses`` (``(N,)`` float32 on the parameters' device, all ``N``
     particles on every rank; with ``forget = 1`` the losses of the last scoring, ``+inf``
     for a non-finite particle), ``gbest_index`` (int: the particle whose scored position
@@ -22,7 +21,8 @@ in ``p``'s dtype and device:
     ``lr_scale`` (float), ``nan_reseeds`` (int), ``evaluations`` (int: forward passes
     spent); under ``distributed="sharded"`` ``shard`` (``world_size``, ``rank``, ``start``,
     ``stop``); and the per-particle buffers of :mod:`hgpso.optim.particle_buffers`.
-``optimizer.state["swarm_options"]``: the swarm-wide options (:mod:`hgpso.optim.options`).
+``optimizer.defaults["swarm_options"]``
+    The swarm-wide options (:mod:`hgpso.optim.options`).
 """
 
 from __future__ import annotations

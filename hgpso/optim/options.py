@@ -39,7 +39,7 @@ __all__ = [
 
 #: where the swarm-wide options live in ``optimizer.defaults`` (and in ``state_dict()``)
 OPTIONS_KEY = "swarm_options"
-#: options fixed when the optimizer is built: a checkpoint never changes them
+#: the options fixed when the optimizer is built (a checkpoint never changes them)
 CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed")
 
 
@@ -270,10 +270,12 @@ class ParamGroup(dict):
             super().__setitem__(key, value)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
+        """Set every given key, ``inertia`` and ``momentum`` as one value."""
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
     def setdefault(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, set to ``default`` first when absent (both names of the inertia)."""
         if key not in self:
             self[key] = default
         return self[key]

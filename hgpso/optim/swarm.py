@@ -514,6 +514,11 @@ class SwarmOptimizer(Optimizer):
         """
         return persistence.consolidate(self, self.state_dict(), to)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint, checked whole before anything changes (a refused one leaves
+        the optimizer as it was); see :mod:`hgpso.optim.checkpoint` for what loads where."""
+        super().load_state_dict(state_dict)
+
     @staticmethod
     def _after_load(opt: Optimizer) -> None:
         persistence.after_load(opt)

@@ -583,7 +583,7 @@ class LLMClient:
         }
 
     def scrub(self, text: str) -> str:
-        """``text`` with this client's API key (in every form :func:`~hgpso.tune.llm.scrub_secrets` knows)
+        """``text`` with this client's API key (in every form ``scrub_secrets`` knows)
         and any ``Bearer``/``Authorization``/``sk-`` token replaced by ``***``.
 
         For code that re-emits text derived from a server's reply (warnings, logs, results)
