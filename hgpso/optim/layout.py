@@ -1,9 +1,9 @@
 """The swarm's state layout: the single definition of what is stored, allocation, fill-in.
 
 ``optimizer.state[p]``, for every parameter ``p`` of the swarm (shape ``S``, ``P`` elements)
-    In ``p``'s dtype and device. ``position``, ``velocity``: tensors of shape ``(M, *S)``; row ``j`` is particle
-    ``start + j`` of the ``M`` particles this process holds (all ``N``, ``start = 0``,
-    unless ``distributed="sharded"``).
+    In ``p``'s dtype and device. ``position``, ``velocity``: tensors of shape
+    ``(M, *S)``; row ``j`` is particle ``start + j`` of the ``M`` particles this process
+    holds (all ``N``, ``start = 0``, unless ``distributed="sharded"``).
     ``gbest``: shape ``S``, the global best position (what the model holds after a step).
     ``pbest``: shape ``(M, *S)``, the personal bests, **only when** ``forget < 1``. With
     ``forget = 1`` a particle's personal best is always the position it was just scored at,
