@@ -43,15 +43,37 @@ def uses_llm(name: str) -> bool:
     return name not in PEERS and strategy_class(name).uses_llm
 
 
-LLM_STRATEGIES = tuple(n for n in strategy_names() if uses_llm(n))
+#: hgpso strategy names a benchmark runs: all of make_strategy's but the bare ``llm`` layer,
+#: which needs ``base=`` (its registered forms are ``llm_tpe``, ``llm_cmaes``, ``llm_random``)
+BENCHMARK_STRATEGIES = tuple(n for n in strategy_names() if n != "llm")
+LLM_STRATEGIES = tuple(n for n in BENCHMARK_STRATEGIES if uses_llm(n))
+#: the LLM strategies of the committed runs (the default --strategies lists)
+DEFAULT_LLM = ("llm_pso", "llm_ga")
+
+
+def check_strategies(p: argparse.ArgumentParser, names: list[str]) -> None:
+    """One-line parser error for a strategy name neither hgpso nor a peer has."""
+    unknown = [n for n in names if n not in BENCHMARK_STRATEGIES and n not in PEERS]
+    if unknown:
+        p.error(
+            f"unknown strategies {unknown}; choose from {', '.join(BENCHMARK_STRATEGIES)} "
+            f"or the peers {', '.join(PEERS)}"
+        )
+
+
+def llm_settings(strat: Any, **extra: Any) -> dict[str, Any]:
+    """What a run file records of an LLM strategy: the client's settings, the base, ``extra``."""
+    base = getattr(strat, "base_name", None)
+    return dict(strat.llm.describe(), **({"base": base} if base else {}), **extra)
 
 
 def add_common_args(p: argparse.ArgumentParser, out: str, budget: int, target: float) -> None:
     p.add_argument(
         "--strategies",
         nargs="+",
-        default=["random", "pso", "ga", "llm_pso", "llm_ga"],
-        help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
+        default=["random", "pso", "ga", *DEFAULT_LLM],
+        help=f"hgpso strategies ({', '.join(BENCHMARK_STRATEGIES)}) and/or peers: "
+        f"{', '.join(PEERS)}",
     )
     p.add_argument("--seeds", type=cli.positive_int, default=3)
     p.add_argument("--population", type=cli.int_at_least(2), default=6)
@@ -134,6 +156,9 @@ def run_suite(
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     meta = dict(meta, target=args.target, budget=args.budget, population=args.population)
+    unknown = [n for n in args.strategies if n not in BENCHMARK_STRATEGIES and n not in PEERS]
+    if unknown:
+        raise SystemExit(f"unknown strategies {unknown}; see --help")
     if args.summary_only:
         return summarize(args.out, meta)
     llm_needed = any(uses_llm(s) for s in args.strategies)
@@ -181,11 +206,8 @@ def run_suite(
             out = res.as_dict()
             out.update(seed=seed, warnings=len(caught))
             if uses_llm(name):
-                out["llm_settings"] = dict(
-                    strat.llm.describe(),
-                    k=args.k,
-                    llm_every=args.llm_every,
-                    max_llm_calls=args.max_llm_calls,
+                out["llm_settings"] = llm_settings(
+                    strat, k=args.k, llm_every=args.llm_every, max_llm_calls=args.max_llm_calls
                 )
             _save(f, out)
             print(

@@ -13,6 +13,9 @@ The committed runs (``benchmarks/results/tuning/lstm``), LLM strategies and peer
 
     python -m benchmarks.tune_lstm --seeds 10 --target 0.12 --strategies random pso ga
         llm_pso llm_ga optuna_tpe optuna_cmaes optuna_random ng_pso ng_ngopt   # one line
+
+``--strategies`` also takes ``tpe`` and ``cmaes`` (Optuna's samplers as hgpso strategies)
+and the LLM layer over them: ``llm_tpe``, ``llm_cmaes``, ``llm_random`` (issue 23).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from benchmarks import cli_types as cli
-from benchmarks.tune_common import add_common_args, run_suite
+from benchmarks.tune_common import add_common_args, check_strategies, run_suite
 from hgpso.tune import Float, Int, SearchSpace
 
 SPACE = SearchSpace(
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=cli.positive_int, default=5)
     p.add_argument("--threads", type=cli.positive_int, default=1)
     args = p.parse_args(argv)
+    check_strategies(p, args.strategies)
     cli.require(p, args.k <= args.population, f"--k {args.k} exceeds --population")
     torch.set_num_threads(args.threads)
     series = load_series()

@@ -40,16 +40,32 @@ from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
 try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
     import cli_types as cli
-    from tune_common import LLM_STRATEGIES, _q, _save, uses_llm
+    from tune_common import (
+        BENCHMARK_STRATEGIES,
+        DEFAULT_LLM,
+        _q,
+        _save,
+        check_strategies,
+        llm_settings,
+        uses_llm,
+    )
     from tune_peers import PEERS, run_peer
 except ImportError:
     from benchmarks import cli_types as cli
-    from benchmarks.tune_common import LLM_STRATEGIES, _q, _save, uses_llm
+    from benchmarks.tune_common import (
+        BENCHMARK_STRATEGIES,
+        DEFAULT_LLM,
+        _q,
+        _save,
+        check_strategies,
+        llm_settings,
+        uses_llm,
+    )
     from benchmarks.tune_peers import PEERS, run_peer
 
 DEFAULT_TARGETS = {2: 1.0, 10: 40.0}
 PLAIN = ("random", "pso", "ga")
-LLM = LLM_STRATEGIES  # the default --strategies list; which names ask an LLM: uses_llm
+LLM = DEFAULT_LLM  # the committed runs' LLM strategies; which names ask an LLM: uses_llm
 
 
 SHIFT_RANGE = 2.5
@@ -121,8 +137,8 @@ def run_one(args, d: int, strategy: str, seed: int) -> dict:
         **where,
     )
     if uses_llm(strategy):
-        out["llm_settings"] = dict(
-            strat.llm.describe(), k=k, llm_every=args.llm_every, max_llm_calls=max_llm_calls
+        out["llm_settings"] = llm_settings(
+            strat, k=k, llm_every=args.llm_every, max_llm_calls=max_llm_calls
         )
     return out
 
@@ -219,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies",
         nargs="+",
         default=[*PLAIN, *LLM],
-        help=f"hgpso strategies and/or peers: {', '.join(PEERS)}",
+        help=f"hgpso strategies ({', '.join(BENCHMARK_STRATEGIES)}) and/or peers: "
+        f"{', '.join(PEERS)}",
     )
     p.add_argument("--population", type=cli.int_at_least(2), default=10)
     p.add_argument("--budget", type=cli.positive_int, default=1500, help="objective calls per run")
@@ -272,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--summary-only", action="store_true")
     args = p.parse_args(argv)
+    check_strategies(p, args.strategies)
     k_max = max(args.k, args.k_hd)
     cli.require(p, k_max <= args.population, f"--k/--k-hd {k_max} exceed --population")
     targets = args.target or [DEFAULT_TARGETS.get(d, 10.0 * d) for d in args.dims]

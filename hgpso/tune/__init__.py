@@ -4,14 +4,19 @@
 
 Strategies: ``random``, ``pso``, ``ga`` (paper 003), ``llm_pso`` (papers 000/001: the LLM
 replaces the k worst particles) and ``llm_ga`` (paper 002: LLM-written children with
-Evolution-of-Thought feedback). ``openai`` is imported only when an LLM is actually called.
-``StrategySampler`` (the strategies as an Optuna sampler) imports ``optuna`` on first use.
+Evolution-of-Thought feedback), ``tpe`` and ``cmaes`` (Optuna's samplers driven ask/tell),
+and ``llm`` (the LLM's proposals replacing the worst members of any of them; ``llm_tpe``,
+``llm_cmaes``, ``llm_random``). ``openai`` is imported only when an LLM is actually called.
+``StrategySampler`` (the strategies as an Optuna sampler) and ``LLMSampler`` (LLM proposals
+injected into a study of any Optuna sampler) import ``optuna`` on first use.
 """
 
 from typing import Any
 
 from .driver import TuneResult, minimize
+from .layer import LLMCMAES, LLMTPE, LLMLayer, LLMRandom
 from .llm import LLMClient, LLMError, LLMStats, extract_json, parse_points, points_schema
+from .optuna_strategies import CMAES, TPE, OptunaStrategy
 from .space import Categorical, Float, Int, Param, SearchSpace
 from .strategies import (
     GA,
@@ -26,16 +31,24 @@ from .strategies import (
 )
 
 __all__ = [
+    "CMAES",
     "GA",
+    "LLMCMAES",
     "LLMGA",
     "LLMPSO",
+    "LLMTPE",
     "PSO",
+    "TPE",
     "Categorical",
     "Float",
     "Int",
     "LLMClient",
     "LLMError",
+    "LLMLayer",
+    "LLMRandom",
+    "LLMSampler",
     "LLMStats",
+    "OptunaStrategy",
     "Param",
     "RandomSearch",
     "SearchSpace",
@@ -58,4 +71,8 @@ def __getattr__(name: str) -> Any:
         from .sampler import StrategySampler
 
         return StrategySampler
+    if name == "LLMSampler":
+        from .llm_sampler import LLMSampler
+
+        return LLMSampler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,16 +16,15 @@ scores are treated as ``+inf``.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .llm import LLMClient, LLMError, LLMStats, parse_points, points_schema
+from .llm import LLMClient, LLMStats
+from .proposals import best_points_prompt, fmt, point_json, propose, read_llm_stats
 from .space import SearchSpace
 from .state import (
     StateError,
@@ -57,7 +56,7 @@ __all__ = [
 class Strategy:
     """Base class: the ask/tell protocol and the population bookkeeping of every strategy.
 
-    The search state is explicit data (:meth:`state_dict`, format ``STATE_VERSION``):
+    The search state is explicit data (:meth:`state_dict`, format :data:`STATE_VERSION`):
     what a strategy needs to continue a search, read back with validation. ``uses_llm``
     says whether the strategy calls an LLM (capability, not a name check).
     """
@@ -162,7 +161,7 @@ class Strategy:
     def propose_extra(self, rng: np.random.Generator) -> dict[str, Any]:
         """One point beyond the population, drawn from ``rng`` (the strategy is unchanged).
 
-        Used by ``StrategySampler`` when every candidate of the current
+        Used by :class:`~hgpso.tune.StrategySampler` when every candidate of the current
         generation is taken and the generation is not finished yet: a worker gets an extra
         point instead of waiting. Random search: a uniform point. Never calls an LLM.
         """
@@ -187,6 +186,40 @@ class Strategy:
         self._replace_unit(int(index), u)
         return dict(point)
 
+    def adopt_pending(self, index: int, point: Mapping[str, Any]) -> dict[str, Any]:
+        """Make a point written elsewhere (an LLM's proposal) pending candidate ``index``.
+
+        Like :meth:`replace_pending`, and the strategy takes the point as its own member:
+        PSO moves that particle there with zero velocity (papers 000/001), GA makes it that
+        child, random search just evaluates it, the Optuna bases evaluate it in place of
+        their sample (see :class:`~hgpso.tune.optuna_strategies.OptunaStrategy`). Only rows
+        of :meth:`foreign_rows` may be adopted.
+        """
+        if self._pending is None:
+            raise RuntimeError("adopt_pending() needs a pending ask()")
+        index = int(index)
+        if index not in self.foreign_rows():
+            raise ValueError(
+                f"{self.name}: row {index} of the pending batch cannot take a foreign point "
+                f"(rows that can: {self.foreign_rows()})"
+            )
+        point = self.space.coerce(point)
+        u = self.space.encode(point)
+        self._pending[index] = u
+        self._exact[index] = point
+        self._adopt_unit(index, u)
+        return dict(point)
+
+    def foreign_rows(self) -> list[int]:
+        """Rows of the pending batch that :meth:`adopt_pending` may fill (default: all)."""
+        return [] if self._pending is None else list(range(len(self._pending)))
+
+    def predicted_worst(self, rows: Sequence[int]) -> list[int] | None:
+        """``rows`` of the pending batch ordered worst-predicted first, by the strategy's own
+        model, or ``None`` when it has none (the ``llm`` layer then uses its own). PSO: the
+        particles whose last score was worst (the rule of LLM-PSO)."""
+        return None
+
     # -- persistence ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The whole search state as JSON data (no pickles, no LLM client), version 2.
@@ -194,7 +227,7 @@ class Strategy:
         ``{"format", "version", "strategy", "space", "population", "seed", "iteration",
         "rng", "best_point", "best_value", "history", "pending", "exact", "data"}``: unit
         coordinates as lists, ``+inf`` scores as ``"inf"``, the random generator's state,
-        and in ``data`` the strategy's own arrays (``_DATA_KEYS``). ``load_state_dict``
+        and in ``data`` the strategy's own arrays (:attr:`_DATA_KEYS`). ``load_state_dict``
         on a fresh strategy built with the same arguments continues the very same search.
         """
         return {
@@ -217,7 +250,7 @@ class Strategy:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the search saved by :meth:`state_dict`, after checking every key.
 
-        Refused with ``hgpso.tune.state.StateError`` (a ``ValueError``) and nothing
+        Refused with :class:`~hgpso.tune.state.StateError` (a ``ValueError``) and nothing
         changed: another strategy's or another version's state, one saved for another space
         (names, types, bounds or choices) or population, unknown or missing keys, values of
         the wrong type, NaN scores or coordinates outside the unit cube.
@@ -303,6 +336,9 @@ class Strategy:
 
     def _replace_unit(self, index: int, u: np.ndarray) -> None:
         pass
+
+    def _adopt_unit(self, index: int, u: np.ndarray) -> None:
+        self._replace_unit(index, u)
 
     def _cancel(self) -> None:
         pass
@@ -472,6 +508,15 @@ class PSO(Strategy):
     def _replace_unit(self, index: int, u: np.ndarray) -> None:
         self.x[index] = u
 
+    def _adopt_unit(self, index: int, u: np.ndarray) -> None:
+        self.x[index] = u
+        self.v[index] = 0.0  # a particle moved by the LLM starts at rest (papers 000/001)
+
+    def predicted_worst(self, rows: Sequence[int]) -> list[int] | None:
+        rows = list(rows)
+        order = np.argsort(-self.values[rows], kind="stable")  # LLM-PSO's ranking
+        return [rows[i] for i in order]
+
     def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         self.values = values.copy()
         better = values < self.pbest_val
@@ -619,6 +664,11 @@ class GA(Strategy):
     def _children(self, parents: np.ndarray, parents_val: np.ndarray, n: int) -> np.ndarray:
         return self.make_children(parents, n)
 
+    def foreign_rows(self) -> list[int]:
+        # children only: re-scored parents (reevaluate_parents=True) stay themselves
+        rows = super().foreign_rows()
+        return rows[self._n_parents_in_batch :] if self._pending is not None else rows
+
     def _tell_unit(self, u: np.ndarray, values: np.ndarray) -> None:
         if self._n_parents_in_batch:
             self.pop, self.pop_val = u, values
@@ -670,22 +720,6 @@ class GA(Strategy):
 # LLM-guided strategies
 # --------------------------------------------------------------------------------------------
 
-_SYSTEM = (
-    "You are an optimization assistant that proposes parameter settings. "
-    "Lower scores are better. Answer with JSON only, no explanation."
-)
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return float(f"{v:.4g}")
-    return v
-
-
-def _point_json(point: Mapping[str, Any]) -> str:
-    return json.dumps({k: _fmt(v) for k, v in point.items()}, separators=(",", ":"))
-
-
 class _LLMMixin:
     """Shared LLM plumbing: configuration, the proposal call and the fallback counter."""
 
@@ -728,12 +762,7 @@ class _LLMMixin:
 
     def _llm_load(self, data: Mapping[str, Any]) -> None:
         rounds = read_int(data["llm_rounds"], "llm_rounds")
-        stats = data["llm_stats"]
-        check_keys(stats, [f.name for f in fields(LLMStats)], "llm_stats")
-        for k, v in stats.items():
-            ok = isinstance(v, float if k == "seconds" else int) and not isinstance(v, bool)
-            if not (ok or (k == "seconds" and isinstance(v, int))) or v < 0 or v != v:
-                raise StateError(f"llm_stats[{k!r}] must be a number >= 0, got {v!r}")
+        stats = read_llm_stats(data["llm_stats"])
         self.llm_rounds = rounds
         for k, v in stats.items():  # the client keeps counting from the saved totals
             setattr(self.llm.stats, k, v)
@@ -746,29 +775,11 @@ class _LLMMixin:
     def _ask_llm(self, prompt: str, k: int) -> list[dict[str, Any]]:
         """One proposal round: returns up to ``k`` new valid points (may be fewer)."""
         self.llm_rounds += 1
-        messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": prompt}]
-        schema = points_schema(self.space, k)
-        got: list[dict[str, Any]] = []
-        try:
-            answer = self.llm.complete_json(messages, schema)
-            got = parse_points(answer, self.space, k, self._tried, self.llm.stats)
-        except (LLMError, ValueError, TypeError, RecursionError, OverflowError) as e:
-            # any malformed answer is a counted fallback, never an exception out of ask()
-            reason = str(e)
-        else:
-            reason = f"only {len(got)} of {k} proposed points were valid and new"
-        if len(got) < k:
-            self.llm.stats.fallbacks += 1
-            warnings.warn(
-                f"{self.name}: LLM {reason}; using the plain move for {k - len(got)} point(s)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return got
+        return propose(self.llm, self.space, prompt, k, self._tried, self.name, stacklevel=4)
 
-    def _best_lines(self, n: int) -> str:
-        ranked = sorted(self.history, key=lambda pv: pv[1])[:n]
-        return "\n".join(f"{_point_json(p)} -> {_fmt(v)}" for p, v in ranked)
+    def _best_prompt(self, k: int) -> str:
+        """The best points so far (papers 000/001): LLM-PSO's and the ``llm`` layer's prompt."""
+        return best_points_prompt(self.task, self.space, self.history, self.history_size, k)
 
 
 class LLMPSO(_LLMMixin, PSO):
@@ -803,13 +814,7 @@ class LLMPSO(_LLMMixin, PSO):
         self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size)
 
     def prompt(self, k: int) -> str:
-        return (
-            f"{self.task}\nParameters:\n{self.space.describe()}\n"
-            f"Best points evaluated so far (point -> score, lower is better):\n"
-            f"{self._best_lines(self.history_size)}\n"
-            f"Propose {k} new points, different from those above, likely to score lower. "
-            f'Answer as JSON: {{"points": [{{...}}, ...]}} with exactly {k} points.'
-        )
+        return self._best_prompt(k)
 
     def _ask_unit(self, initial: np.ndarray | None) -> np.ndarray:
         x = super()._ask_unit(initial)
@@ -864,7 +869,7 @@ class LLMGA(_LLMMixin, GA):
 
     def prompt(self, parents: np.ndarray, parents_val: np.ndarray, k: int) -> str:
         lines = "\n".join(
-            f"{_point_json(self.space.decode(p))} -> {_fmt(float(v))}"
+            f"{point_json(self.space.decode(p))} -> {fmt(float(v))}"
             for p, v in zip(parents, parents_val, strict=True)
         )
         text = (
@@ -875,9 +880,9 @@ class LLMGA(_LLMMixin, GA):
             recs = self.eot[-self.history_size :]
             text += "Your earlier proposals and what happened (learn from them):\n"
             text += "\n".join(
-                f"gen {r['generation']}: {_point_json(r['point'])} scored {_fmt(r['value'])} "
-                f"vs best parent {_fmt(r['reference'])} ({r['outcome']}, change "
-                f"{_fmt(r['change'])})"
+                f"gen {r['generation']}: {point_json(r['point'])} scored {fmt(r['value'])} "
+                f"vs best parent {fmt(r['reference'])} ({r['outcome']}, change "
+                f"{fmt(r['change'])})"
                 for r in recs
             )
             text += "\n"
@@ -979,21 +984,33 @@ _STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+def _registry() -> dict[str, type[Strategy]]:
+    """Every strategy by name; the Optuna bases and the ``llm`` layer build on this module,
+    so they are imported here, on first use (neither imports optuna before it is needed)."""
+    from .layer import LAYER_STRATEGIES
+    from .optuna_strategies import OPTUNA_STRATEGIES
+
+    return {**_STRATEGIES, **OPTUNA_STRATEGIES, **LAYER_STRATEGIES}
+
+
 def strategy_names() -> tuple[str, ...]:
     """The names :func:`make_strategy` accepts."""
-    return tuple(_STRATEGIES)
+    return tuple(_registry())
 
 
 def strategy_class(name: str) -> type[Strategy]:
     """The class behind a strategy name (e.g. to ask ``strategy_class(name).uses_llm``)."""
     key = str(name).lower().replace("-", "_")
-    if key not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(_STRATEGIES)}")
-    return _STRATEGIES[key]
+    registry = _registry()
+    if key not in registry:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(registry)}")
+    return registry[key]
 
 
 def make_strategy(
     name: str, space: SearchSpace, population: int = 10, seed: int = 0, **kwargs: Any
 ) -> Strategy:
-    """Build a strategy by name: ``random``, ``pso``, ``ga``, ``llm_pso``, ``llm_ga``."""
+    """Build a strategy by name: ``random``, ``pso``, ``ga``, ``tpe``, ``cmaes`` (Optuna's
+    samplers driven ask/tell), ``llm_pso``, ``llm_ga``, and the LLM layer over any base:
+    ``llm`` (``base=`` one of the others), ``llm_tpe``, ``llm_cmaes``, ``llm_random``."""
     return strategy_class(name)(space, population=population, seed=seed, **kwargs)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_worker_processes(
@@ -24,6 +27,10 @@ def run_worker_processes(
     then is killed here, never left behind.
     """
     expected = list(returncodes) if returncodes is not None else [0] * len(arg_lists)
+    # The workers import the checkout under test, as this process does, not whatever an
+    # editable install of another clone points the environment at.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         logs = [Path(tmp) / f"worker{i}.err" for i in range(len(arg_lists))]
         start = time.monotonic()
@@ -36,6 +43,7 @@ def run_worker_processes(
                             [sys.executable, str(script), *args],
                             stdout=subprocess.DEVNULL,
                             stderr=err,
+                            env=env,
                         )
                     )
             ended: dict[int, float] = {}
