@@ -720,6 +720,7 @@ class GA(Strategy):
 # LLM-guided strategies
 # --------------------------------------------------------------------------------------------
 
+
 class _LLMMixin:
     """Shared LLM plumbing: configuration, the proposal call and the fallback counter."""
 
