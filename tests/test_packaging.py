@@ -68,8 +68,8 @@ def test_readme_settings_match_the_code() -> None:
     parser_defaults = {"lr": 0.02, "num_particles": 4}
     assert quickstart == parser_defaults
     src = inspect.getsource(qs.main)
-    assert 'ap.add_argument("--lr", type=float, default=0.02' in src
-    assert 'ap.add_argument("--particles", type=int, default=4)' in src
+    assert 'ap.add_argument("--lr", type=cli.positive_float, default=0.02' in src
+    assert 'ap.add_argument("--particles", type=cli.positive_int, default=4)' in src
 
     from benchmarks.lit import DEFAULT_HPARAMS
 
