@@ -56,7 +56,7 @@ __all__ = [
 class Strategy:
     """Base class: the ask/tell protocol and the population bookkeeping of every strategy.
 
-    The search state is explicit data (:meth:`state_dict`, format :data:`STATE_VERSION`):
+    The search state is explicit data (:meth:`state_dict`, format ``STATE_VERSION``):
     what a strategy needs to continue a search, read back with validation. ``uses_llm``
     says whether the strategy calls an LLM (capability, not a name check).
     """
@@ -161,7 +161,7 @@ class Strategy:
     def propose_extra(self, rng: np.random.Generator) -> dict[str, Any]:
         """One point beyond the population, drawn from ``rng`` (the strategy is unchanged).
 
-        Used by :class:`~hgpso.tune.StrategySampler` when every candidate of the current
+        Used by ``StrategySampler`` when every candidate of the current
         generation is taken and the generation is not finished yet: a worker gets an extra
         point instead of waiting. Random search: a uniform point. Never calls an LLM.
         """
@@ -172,7 +172,8 @@ class Strategy:
         return None
 
     def replace_pending(self, index: int, point: Mapping[str, Any]) -> dict[str, Any]:
-        """Swap one point of the pending batch for a caller-given one before :meth:`tell`.
+        """Swap one point of the pending batch for a caller-given one before
+        :meth:`~hgpso.tune.Strategy.tell`.
 
         Used e.g. to score the optimizer's current setting among the first candidates. The
         point is type-checked and clipped; the returned point is the one to evaluate.
@@ -211,7 +212,7 @@ class Strategy:
         return dict(point)
 
     def foreign_rows(self) -> list[int]:
-        """Rows of the pending batch that :meth:`adopt_pending` may fill (default: all)."""
+        """Rows of the pending batch that ``adopt_pending`` may fill (default: all)."""
         return [] if self._pending is None else list(range(len(self._pending)))
 
     def predicted_worst(self, rows: Sequence[int]) -> list[int] | None:
@@ -227,7 +228,7 @@ class Strategy:
         ``{"format", "version", "strategy", "space", "population", "seed", "iteration",
         "rng", "best_point", "best_value", "history", "pending", "exact", "data"}``: unit
         coordinates as lists, ``+inf`` scores as ``"inf"``, the random generator's state,
-        and in ``data`` the strategy's own arrays (:attr:`_DATA_KEYS`). ``load_state_dict``
+        and in ``data`` the strategy's own arrays (``_DATA_KEYS``). ``load_state_dict``
         on a fresh strategy built with the same arguments continues the very same search.
         """
         return {
@@ -250,7 +251,7 @@ class Strategy:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the search saved by :meth:`state_dict`, after checking every key.
 
-        Refused with :class:`~hgpso.tune.state.StateError` (a ``ValueError``) and nothing
+        Refused with ``hgpso.tune.state.StateError`` (a ``ValueError``) and nothing
         changed: another strategy's or another version's state, one saved for another space
         (names, types, bounds or choices) or population, unknown or missing keys, values of
         the wrong type, NaN scores or coordinates outside the unit cube.
