@@ -478,11 +478,12 @@ class SwarmOptimizer(Optimizer):
     def _group_moves(
         self, gbests: list[Tensor], grads: list[Tensor] | None, pbests: list[Tensor]
     ) -> list[move_.GroupMove]:
-        hyper = [self.effective_hyperparameters(g) for _, g, _ in self._group_slices()]
+        slices = self._group_slices()  # once per step: it walks every group's parameters
+        hyper = [self.effective_hyperparameters(g) for _, g, _ in slices]
         if not self.uses_gradients:
             hyper = [{**hp, "lr": 0.0} for hp in hyper]
         return move_.group_moves(
-            self._group_slices(),
+            slices,
             hyper,
             self._all("position"),
             self._all("velocity"),
