@@ -29,6 +29,11 @@ if [ -z "${PYTHON:-}" ]; then
     fi
     PYTHON=.venv/bin/python
 fi
+# Absolute, so that tests which run scripts from another directory find the same interpreter.
+case "$PYTHON" in
+    /*) ;;
+    */*) PYTHON="$PWD/$PYTHON" ;;
+esac
 export PYTHON
 
 echo "scripts/test.sh: installing the project with its dev extras into $("$PYTHON" -c 'import sys; print(sys.prefix)')" >&2

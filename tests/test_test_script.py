@@ -20,6 +20,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 echo "python $* | url=${HGPSO_LLM_BASE_URL:-} require=${HGPSO_REQUIRE_LLM:-}" >> "$LOG"
 case "$*" in
   -c*) echo /fake/prefix ;;
+  "-m pytest"*) echo "pytest sees PYTHON=${PYTHON:-}" >> "$LOG" ;;
 esac
 exit 0
 """
@@ -39,7 +40,9 @@ def _executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
-def run_test_sh(tmp_path: Path, server: str) -> tuple[subprocess.CompletedProcess, str]:
+def run_test_sh(
+    tmp_path: Path, server: str, python: str | None = None
+) -> tuple[subprocess.CompletedProcess, str]:
     tree = tmp_path / "tree"
     (tree / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "test.sh", tree / "scripts" / "test.sh")
@@ -50,7 +53,7 @@ def run_test_sh(tmp_path: Path, server: str) -> tuple[subprocess.CompletedProces
     _executable(tmp_path / "python", FAKE_PYTHON)
     log = tmp_path / "calls.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HGPSO_LLM")}
-    env.update(PYTHON=str(tmp_path / "python"), LOG=str(log))
+    env.update(PYTHON=python or str(tmp_path / "python"), LOG=str(log))
     proc = subprocess.run(
         ["bash", str(tree / "scripts" / "test.sh"), "-x"],
         env=env,
@@ -68,6 +71,14 @@ def test_installs_dev_extras_into_the_given_environment_first(tmp_path: Path) ->
     install = next(i for i, c in enumerate(lines) if "-m pip install -q -e .[dev]" in c)
     assert install < lines.index("server install")
     assert "installing the project with its dev extras into /fake/prefix" in proc.stderr
+
+
+def test_a_relative_python_reaches_the_tests_as_an_absolute_path(tmp_path: Path) -> None:
+    # tests run scripts from other directories with $PYTHON: a relative path would not resolve
+    proc, calls = run_test_sh(tmp_path, "ok", python="../python")
+    assert proc.returncode == 0, proc.stderr
+    seen = next(c for c in calls.splitlines() if c.startswith("pytest sees"))
+    assert seen == f"pytest sees PYTHON={tmp_path / 'tree' / '..' / 'python'}"
 
 
 @pytest.mark.parametrize(

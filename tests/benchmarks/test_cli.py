@@ -382,7 +382,9 @@ OFFLINE = ["--dataset", "digits", "--no-download"]
 def _run(argv, tmp_path):
     work = tmp_path / "cwd"
     work.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # PYTHON pins the interpreter scripts/hgpso-train runs (a relative $PYTHON from the caller
+    # would not resolve in the work directory)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
     return subprocess.run(
         argv, cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
     ), work
