@@ -515,6 +515,13 @@ class SwarmComm:
     def average_(self, tensors: Sequence[Tensor]) -> None:
         """Average ``tensors`` over ranks in place: flattened into buckets of at most
         :data:`BUCKET_BYTES`, one all-reduce per bucket."""
+        self._all_reduce_(tensors, divide=True)
+
+    def sum_(self, tensors: Sequence[Tensor]) -> None:
+        """Sum ``tensors`` over ranks in place, bucketed as :meth:`average_`."""
+        self._all_reduce_(tensors, divide=False)
+
+    def _all_reduce_(self, tensors: Sequence[Tensor], *, divide: bool) -> None:
         for bucket in _buckets(list(tensors)):
             flat = torch.cat([t.reshape(-1) for t in bucket])
             moved = flat.device != self.device and self.device.type == "cuda"
@@ -522,7 +529,8 @@ class SwarmComm:
                 flat = flat.to(self.device)
             self._count(flat)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            flat.div_(self.world_size)
+            if divide:
+                flat.div_(self.world_size)
             _unflatten_into(flat, bucket)
 
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "AdamUpdate",
     "accept_personal_bests_",
+    "adam_gradient_term",
+    "hgpso_adam_update",
     "hgpso_update",
     "hgpso_update_",
     "perturb_",
@@ -50,35 +54,39 @@ def hgpso_update(
     cognitive: float,
     social: float,
     max_velocity: float | None = None,
+    weight_decay: float = 0.0,
 ) -> tuple[list[Tensor], list[Tensor]]:
     r"""One velocity and position update of every particle, into new tensors.
 
     .. math::
         \begin{aligned}
-            v' &= w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x) - \eta\,\nabla L(x) \\
+            v' &= w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x)
+                  - \eta\,(\nabla L(x) + \lambda x) \\
             v' &\leftarrow \operatorname{clamp}(v', -v_{max}, v_{max})
                  \quad \text{(if } v_{max} \text{ is given)} \\
             x' &= x + v'
         \end{aligned}
 
     with :math:`w` = ``inertia``, :math:`c_1` = ``cognitive``, :math:`c_2` = ``social``,
-    :math:`\eta` = ``lr``, :math:`p` the personal bests, :math:`g` the global best and
-    :math:`r_1, r_2 \sim U[0, 1)` drawn per element and per particle (given here, so the
+    :math:`\eta` = ``lr``, :math:`\lambda` = ``weight_decay`` (L2, added to the gradient as
+    :class:`torch.optim.SGD` does), :math:`p` the personal bests, :math:`g` the global best
+    and :math:`r_1, r_2 \sim U[0, 1)` drawn per element and per particle (given here, so the
     caller owns the random stream). ``grads=None`` (or ``lr == 0``) gives the plain,
     gradient-free PSO update. ``pbests`` may be ``positions`` itself (a swarm whose personal
     bests are its current positions: the cognitive term is then :math:`c_1 r_1 \odot 0`).
+    For Adam's preconditioned gradient term see :func:`hgpso_adam_update`.
 
     The arithmetic is done in this order (the fused kernel follows it, so results agree
     to rounding): ``v' = w*v``; ``v' += c1*(r1*(p - x))``; ``v' += c2*(r2*(g - x))``;
-    ``v' -= lr*grad``; clamp; ``x' = x + v'``.
+    ``v' -= lr*(grad + weight_decay*x)``; clamp; ``x' = x + v'``.
 
     Returns:
         ``(new_positions, new_velocities)``. ``positions``, ``velocities``, ``pbests``,
         ``gbests``, ``grads`` and ``r2`` are only read; ``r1`` **is consumed**: once
         :math:`r_1 \odot (p - x)` is formed its storage holds :math:`v'` and is returned, so
         the update needs one ``(N, *S)`` scratch tensor per parameter besides ``r1``,
-        ``r2`` and the two results (the new positions are written into that scratch).
-        Pass a clone of ``r1`` to keep it.
+        ``r2`` and the two results (the new positions are written into that scratch; one
+        more with ``weight_decay``). Pass a clone of ``r1`` to keep it.
     """
     n = _check_lists(
         positions=positions,
@@ -92,6 +100,30 @@ def hgpso_update(
     if n == 0:
         return [], []
     positions = list(positions)
+    scratch, new_v = _swarm_pull(
+        positions, velocities, pbests, gbests, r1, r2, inertia, cognitive, social
+    )
+    # - lr*grad (L2 weight decay into the gradient first, as torch.optim.SGD)
+    if grads is not None and lr != 0.0:
+        grads = list(grads)
+        if weight_decay != 0.0:
+            grads = list(torch._foreach_add(grads, positions, alpha=weight_decay))
+        torch._foreach_add_(new_v, grads, alpha=-lr)
+    return _clamp_and_move(scratch, new_v, positions, max_velocity)
+
+
+def _swarm_pull(
+    positions: list[Tensor],
+    velocities: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    r1: Sequence[Tensor],
+    r2: Sequence[Tensor],
+    inertia: float,
+    cognitive: float,
+    social: float,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(scratch, w*v + c1*r1*(p - x) + c2*r2*(g - x))``; ``r1``'s storage holds the sum."""
     # r1*(p - x) into one scratch tensor per parameter
     scratch = list(torch._foreach_sub(list(pbests), positions))
     torch._foreach_mul_(scratch, list(r1))
@@ -106,16 +138,158 @@ def hgpso_update(
         torch.sub(g.unsqueeze(0), x, out=out)
     torch._foreach_mul_(scratch, list(r2))
     torch._foreach_add_(new_v, scratch, alpha=social)
-    # - lr*grad
-    if grads is not None and lr != 0.0:
-        torch._foreach_add_(new_v, list(grads), alpha=-lr)
+    return scratch, new_v
+
+
+def _clamp_and_move(
+    scratch: list[Tensor],
+    new_v: list[Tensor],
+    positions: list[Tensor],
+    max_velocity: float | None,
+    shrink: float = 1.0,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``v'`` clamped, then ``x' = shrink*x + v'`` into ``scratch``."""
     if max_velocity is not None:
         torch._foreach_clamp_min_(new_v, -max_velocity)
         torch._foreach_clamp_max_(new_v, max_velocity)
-    # x + v' into the scratch tensor
     for out, x, v in zip(scratch, positions, new_v, strict=True):
-        torch.add(x, v, out=out)
+        if shrink == 1.0:
+            torch.add(x, v, out=out)
+        else:  # decoupled weight decay: x*(1 - lr*wd) first, as torch.optim.AdamW
+            torch.mul(x, shrink, out=out)
+            out.add_(v)
     return scratch, new_v
+
+
+class AdamUpdate(NamedTuple):
+    """What :func:`hgpso_adam_update` returns: new tensors, in the order of its inputs."""
+
+    positions: list[Tensor]
+    velocities: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+
+
+def _bias_corrections(
+    steps: int | Tensor, lr: float, beta1: float, beta2: float, like: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(-lr / (1 - beta1**t), sqrt(1 - beta2**t))`` of every row's count ``t`` (one int for
+    all rows, or ``(N,)``), computed in float64 as torch's Adam computes them in Python
+    floats, then rounded to ``like``'s dtype (as torch rounds a scalar operand) and shaped
+    to broadcast over the rows."""
+    if isinstance(steps, int) and steps < 1:
+        raise ValueError(f"steps must be >= 1 (the count after this step), got {steps}")
+    # a tensor of counts is not checked here: that would wait on the device every step
+    t = torch.as_tensor(steps, device=like.device).to(torch.float64).reshape(-1)
+    shape = (-1,) + (1,) * (like.dim() - 1)
+    step_size = (-(lr / (1 - beta1**t))).to(like.dtype).view(shape)
+    bc2_sqrt = ((1 - beta2**t) ** 0.5).to(like.dtype).view(shape)
+    return step_size, bc2_sqrt
+
+
+def adam_gradient_term(
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: int | Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    r"""Adam's step of every particle, into new tensors: ``(terms, exp_avgs', exp_avg_sqs')``.
+
+    .. math::
+        \begin{aligned}
+            m' &= \beta_1 m + (1 - \beta_1)\,g, \qquad
+            s' = \beta_2 s + (1 - \beta_2)\,g^2 \\
+            \hat m &= m' / (1 - \beta_1^t), \qquad \hat s = s' / (1 - \beta_2^t) \\
+            \text{term} &= -\eta\,\hat m / (\sqrt{\hat s} + \epsilon)
+        \end{aligned}
+
+    ``steps`` is :math:`t`, the count **after** this step (``>= 1``): an int for every
+    particle, or a ``(N,)`` tensor of per-particle counts. The arithmetic is that of
+    ``torch.optim.Adam`` (``_single_tensor_adam``: ``lerp`` for :math:`m`,
+    ``mul``/``addcmul`` for :math:`s`, ``denom = sqrt(s')/sqrt(1 - beta2**t) + eps``, the
+    term ``(-step_size * m') / denom``), so that one particle's step equals Adam's. The
+    inputs are only read.
+    """
+    _check_lists(grads=grads, exp_avgs=exp_avgs, exp_avg_sqs=exp_avg_sqs)
+    beta1, beta2 = betas
+    terms, new_m, new_s = [], [], []
+    for g, m, s in zip(grads, exp_avgs, exp_avg_sqs, strict=True):
+        m = torch.lerp(m, g, 1 - beta1)
+        s = torch.mul(s, beta2).addcmul_(g, g, value=1 - beta2)
+        step_size, bc2_sqrt = _bias_corrections(steps, lr, beta1, beta2, g)
+        denom = (s.sqrt() / bc2_sqrt).add_(eps)
+        terms.append(torch.mul(m, step_size).div_(denom))
+        new_m.append(m)
+        new_s.append(s)
+    return terms, new_m, new_s
+
+
+def hgpso_adam_update(
+    positions: Sequence[Tensor],
+    velocities: Sequence[Tensor],
+    pbests: Sequence[Tensor],
+    gbests: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: int | Tensor,
+    r1: Sequence[Tensor],
+    r2: Sequence[Tensor],
+    *,
+    lr: float,
+    inertia: float,
+    cognitive: float,
+    social: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    max_velocity: float | None = None,
+) -> AdamUpdate:
+    r"""The update of :func:`hgpso_update` with Adam's preconditioned gradient term and
+    decoupled weight decay (AdamW), into new tensors.
+
+    .. math::
+        \begin{aligned}
+            v' &= w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x)
+                  - \eta\,\hat m / (\sqrt{\hat s} + \epsilon) \\
+            v' &\leftarrow \operatorname{clamp}(v', -v_{max}, v_{max}) \\
+            x' &= (1 - \eta\lambda)\,x + v'
+        \end{aligned}
+
+    with :math:`\hat m, \hat s` each particle's bias-corrected moments of its own gradient
+    (:func:`adam_gradient_term`; ``steps`` is :math:`t` after this step). With
+    :math:`w = c_1 = c_2 = 0` and one particle this is ``torch.optim.AdamW``'s step (``Adam``
+    with :math:`\lambda = 0`), to the bit: the position is decayed first and the term added
+    to it, in torch's order. ``r1`` is consumed as in :func:`hgpso_update`; the other inputs
+    are only read.
+    """
+    n = _check_lists(
+        positions=positions,
+        velocities=velocities,
+        pbests=pbests,
+        gbests=gbests,
+        grads=grads,
+        exp_avgs=exp_avgs,
+        exp_avg_sqs=exp_avg_sqs,
+        r1=r1,
+        r2=r2,
+    )
+    if n == 0:
+        return AdamUpdate([], [], [], [])
+    positions = list(positions)
+    terms, new_m, new_s = adam_gradient_term(
+        grads, exp_avgs, exp_avg_sqs, steps, lr=lr, betas=betas, eps=eps
+    )
+    scratch, new_v = _swarm_pull(
+        positions, velocities, pbests, gbests, r1, r2, inertia, cognitive, social
+    )
+    torch._foreach_add_(new_v, terms)
+    new_x, new_v = _clamp_and_move(scratch, new_v, positions, max_velocity, 1 - lr * weight_decay)
+    return AdamUpdate(new_x, new_v, new_m, new_s)
 
 
 def hgpso_update_(
@@ -132,6 +306,7 @@ def hgpso_update_(
     cognitive: float,
     social: float,
     max_velocity: float | None = None,
+    weight_decay: float = 0.0,
 ) -> None:
     r"""The update of :func:`hgpso_update`, written back into ``positions`` and
     ``velocities`` (the reference every fused kernel is tested against; ``r1`` and ``r2``
@@ -140,7 +315,7 @@ def hgpso_update_(
     .. math::
         \begin{aligned}
             v &\leftarrow w\,v + c_1 r_1 \odot (p - x) + c_2 r_2 \odot (g - x)
-                 - \eta\,\nabla L(x) \\
+                 - \eta\,(\nabla L(x) + \lambda x) \\
             v &\leftarrow \operatorname{clamp}(v, -v_{max}, v_{max}) \\
             x &\leftarrow x + v
         \end{aligned}
@@ -158,6 +333,7 @@ def hgpso_update_(
         cognitive=cognitive,
         social=social,
         max_velocity=max_velocity,
+        weight_decay=weight_decay,
     )
     if new_x:
         torch._foreach_copy_(list(velocities), new_v)

@@ -76,3 +76,15 @@ def assert_same_state(got, want, where: str = "state", *, rtol: float = 0.0, ato
             assert abs(got - want) <= atol + rtol * abs(want), f"{where}: {got!r} != {want!r}"
     else:
         assert type(got) is type(want) and got == want, f"{where}: {got!r} != {want!r}"
+
+
+def param_state_bytes(opt) -> int:
+    """Bytes of an optimizer's per-parameter state tensors (``opt.state[p]``, not the swarm's
+    shared ``opt.state["swarm"]``)."""
+    return sum(
+        t.numel() * t.element_size()
+        for key, st in opt.state.items()
+        if key != "swarm"
+        for t in st.values()
+        if isinstance(t, torch.Tensor)
+    )

@@ -23,6 +23,7 @@ __all__ = [
     "adapt",
     "fresh_rows",
     "gbest_changed",
+    "next_adam_steps",
     "score",
     "tally",
     "valid_particles",
@@ -219,9 +220,18 @@ def gbest_changed(swarm: dict[str, Any], b: int, improved_b: bool, *, stored: bo
     )
 
 
-def write_rows(moved: list[tuple[Tensor, Tensor]], rows: list[tuple[int, Tensor, Tensor]]) -> None:
-    """Write re-seeded rows (at rest: zero velocity) into the moved tensors."""
+def write_rows(moved: list[dict[str, Tensor]], rows: list[tuple[int, Tensor, Tensor]]) -> None:
+    """Write re-seeded rows into the moved state: the fresh positions, at rest (zero
+    velocity) and, with the ``"adam"`` term, zero moments (a new particle's)."""
     for k, idx, fresh in rows:
-        x, v = moved[k]
-        x[idx] = fresh
-        v[idx] = 0.0
+        for key, t in moved[k].items():
+            if key == "position":
+                t[idx] = fresh
+            else:
+                t[idx] = 0.0
+
+
+def next_adam_steps(steps: Tensor, valid: Tensor) -> Tensor:
+    """Every particle's Adam step count after this step (``(N,)``): one more, 0 for a
+    re-seeded (non-finite) particle, whose moments start afresh."""
+    return torch.where(valid.to(steps.device), steps + 1, 0)

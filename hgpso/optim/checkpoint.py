@@ -17,6 +17,10 @@ Which checkpoint loads where (``docs/guides/distributed.md``):
   differ in kind, and the swarm continues with new streams derived from the checkpoint.
 * A checkpoint holding one rank's share (``state_dict()`` of a sharded rank) loads only
   into that rank of a run with as many ranks.
+* The gradient term is fixed when the optimizer is built: a checkpoint saved with another
+  ``gradient`` is refused (a ``"sgd"`` one has no moments for ``"adam"`` to resume from, an
+  ``"adam"`` one would lose them). A checkpoint from before ``gradient`` existed is a
+  ``"sgd"`` one; its param groups take ``weight_decay=0`` (it trained without).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch
 from torch import Tensor
 
 from hgpso.optim import options as options_
-from hgpso.optim.layout import SWARM_KEY
+from hgpso.optim.layout import MOMENT_KEYS, SWARM_KEY
 from hgpso.optim.particle_buffers import check_buffer_state
 from hgpso.optim.placement import Placement
 
@@ -39,7 +43,7 @@ __all__ = ["CLASS_KEY", "merge_shards", "prepare_load"]
 #: the optimizer's class name, saved beside its state
 CLASS_KEY = "swarm_optimizer"
 _BUFFER_KEYS = ("buffers", "pbest_buffers")
-_ROW_KEYS = ("position", "velocity", "pbest")
+_ROW_KEYS = ("position", "velocity", "pbest", *MOMENT_KEYS)
 _INT_KEYS = (
     "step",
     "gbest_index",
@@ -66,7 +70,7 @@ def _check_class(opt: Any, sd: dict[str, Any]) -> None:
     for k, group in enumerate(sd["param_groups"]):
         if not isinstance(group, dict):
             _refuse(f"param group {k} of the state_dict must be a dict")
-        missing = sorted(own - set(group))
+        missing = sorted(own - set(group) - set(options_.OLD_GROUP_DEFAULTS))
         extra = sorted(key for key in ("lr",) if key in group and key not in own)
         if missing or extra:
             what = f"lacks {missing}" if missing else f"has {extra}, which {name} does not use"
@@ -97,6 +101,39 @@ def _check_number(
             f"state['swarm'][{key!r}]={value!r} is out of range: expected a "
             f"{'finite ' if finite else ''}value in [{low}, {high}]"
         )
+
+
+def _check_gradient(opt: Any, saved_options: dict[str, Any]) -> None:
+    saved = saved_options.get("gradient", "sgd")  # checkpoints before the option: "sgd"
+    if saved != opt.gradient:
+        _refuse(
+            f"the state_dict was saved with gradient={saved!r}, this optimizer has "
+            f"gradient={opt.gradient!r}: the gradient term is fixed when the optimizer is "
+            f"built (a 'sgd' swarm has no Adam moments to resume from, an 'adam' one would "
+            f"lose them); build it with gradient={saved!r} to resume"
+        )
+
+
+def _old_group_keys(opt: Any, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The saved groups with the values of the group keys an older checkpoint lacks."""
+    new = {k: v for k, v in options_.OLD_GROUP_DEFAULTS.items() if k in opt.defaults}
+    return [{**new, **group} for group in groups]
+
+
+def _check_adam_steps(swarm: dict[str, Any], n: int, adam: bool) -> None:
+    steps = swarm.get("adam_steps")
+    if not adam:
+        if steps is not None:
+            _refuse("state['swarm'] holds 'adam_steps' but was saved with gradient='sgd'")
+        return
+    if not isinstance(steps, Tensor) or steps.dtype != torch.int64 or steps.shape != (n,):
+        got = (steps.dtype, tuple(steps.shape)) if isinstance(steps, Tensor) else steps
+        _refuse(
+            f"state['swarm']['adam_steps'] must be an int64 tensor of shape ({n},) (each "
+            f"particle's Adam step count), got {got!r}"
+        )
+    if steps.device.type == "meta" or bool((steps < 0).any()):
+        _refuse("state['swarm']['adam_steps'] must hold non-negative counts")
 
 
 def _check_swarm(swarm: Any, n: int) -> None:
@@ -243,6 +280,7 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
     state = dict(sd["state"])
     saved_options = state.pop(options_.OPTIONS_KEY, sd.get(options_.OPTIONS_KEY)) or {}
     saved_options = options_.check_options(saved_options, where="the state_dict's swarm options")
+    _check_gradient(opt, saved_options)
     n = opt.num_particles
     if saved_options.get("num_particles", n) != n:
         _refuse(
@@ -256,6 +294,7 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
     members = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
     if swarm is not None:
         _check_swarm(swarm, n)
+        _check_adam_steps(swarm, n, opt.gradient == "adam")
         saved = _saved_rows(swarm, n, placement, opt.distributed)
         m = len(saved)
         check_buffer_state(swarm, m, f"{m} in the state_dict")
@@ -267,6 +306,8 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
         for key in _BUFFER_KEYS:
             if key in swarm:
                 swarm[key] = {name: t[take].clone() for name, t in swarm[key].items()}
+        if "adam_steps" in swarm:
+            swarm["adam_steps"] = swarm["adam_steps"].to(opt._device())
         swarm.pop("shard", None)
         if placement.shard_info() is not None:
             swarm["shard"] = placement.shard_info()
@@ -277,6 +318,7 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
     opt._loaded_options = merged
     out = {k: v for k, v in sd.items() if k not in (options_.OPTIONS_KEY, CLASS_KEY)}
     out["state"] = state
+    out["param_groups"] = _old_group_keys(opt, groups)
     return out
 
 
@@ -308,12 +350,19 @@ def _check_params(
                 _refuse(
                     f"the state_dict lacks 'gbest' for {where} (and has no 'pbest' to take it from)"
                 )
-            # pbest: only saved with forget < 1; gbest: absent in older checkpoints
+            # pbest: only saved with forget < 1; gbest: absent in older checkpoints;
+            # the moments: exactly with gradient="adam"
+            rows = (m, *p.shape)
+            moments = MOMENT_KEYS if opt.gradient == "adam" else ()
+            stray = [key for key in MOMENT_KEYS if key in entry and key not in moments]
+            if stray:
+                _refuse(f"{where} holds {stray} but the state_dict was saved with gradient='sgd'")
             for key, shape in (
-                ("position", (m, *p.shape)),
-                ("velocity", (m, *p.shape)),
-                ("pbest", (m, *p.shape)),
+                ("position", rows),
+                ("velocity", rows),
+                ("pbest", rows),
                 ("gbest", tuple(p.shape)),
+                *((key, rows) for key in moments),
             ):
                 if key not in entry and key in ("pbest", "gbest"):
                     continue

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
+from hgpso.optim.options import check_group_value, check_option
 from hgpso.optim.swarm import SwarmOptimizer
 
 __all__ = ["HGPSO"]
@@ -26,11 +27,17 @@ class HGPSO(SwarmOptimizer):
                 \eta \text{ (lr)}, w \text{ (inertia)}, c_1 \text{ (cognitive)},
                 c_2 \text{ (social)}, \\
             &\hspace{13mm} \sigma \text{ (init\_spread)}, v_{max} \text{ (max\_velocity)},
-                \phi \text{ (forget)}, \beta \text{ (ema\_beta)} \\
+                \phi \text{ (forget)}, \beta \text{ (ema\_beta)},
+                \lambda \text{ (weight\_decay)}, \\
+            &\hspace{13mm} \text{gradient}, \beta_1, \beta_2 \text{ (betas)},
+                \epsilon \text{ (eps)} \\
             &\textbf{initialize}: x_1 \leftarrow \theta_0,\
                 x_i \leftarrow \theta_0 + \sigma\,\varepsilon_i\ (i>1),\
                 v_i \leftarrow 0,\ p_i \leftarrow x_i,\ \hat f_i \leftarrow +\infty,\
-                \bar s \leftarrow 1,\ \kappa \leftarrow 1 \\
+                \bar s \leftarrow 1,\ \kappa \leftarrow 1, \\
+            &\hspace{13mm} m_i \leftarrow 0 \text{ (first moment)},\
+                q_i \leftarrow 0 \text{ (second moment)},\ t_i \leftarrow 0
+                \quad \text{(gradient = "adam")} \\
             &\rule{110mm}{0.4pt} \\
             &\textbf{for}\ t=1 \textbf{ to } \ldots \textbf{ do} \\
             &\hspace{5mm} f_i \leftarrow L_t(x_i),\ g_i \leftarrow \nabla L_t(x_i)
@@ -49,13 +56,25 @@ class HGPSO(SwarmOptimizer):
                 \quad (\kappa \leftarrow \max(\kappa \cdot \text{lr\_factor},
                 \text{min\_lr\_scale}) \text{ after every lr\_patience} \\
             &\hspace{25mm} \text{steps without progress of the smoothed best loss}) \\
+            &\hspace{5mm} \textbf{if}\ \text{gradient} = \text{"adam"}: \\
+            &\hspace{10mm} t_i \leftarrow t_i + 1,\
+                m_i \leftarrow \beta_1 m_i + (1 - \beta_1)\, g_i,\
+                q_i \leftarrow \beta_2 q_i + (1 - \beta_2)\, g_i^2 \\
+            &\hspace{10mm} \widehat{m_i} \leftarrow m_i / \big(1 - \beta_1^{t_i}\big),\
+                \widehat{q_i} \leftarrow q_i / \big(1 - \beta_2^{t_i}\big) \\
+            &\hspace{10mm} d_i \leftarrow \eta_t\, \widehat{m_i}
+                / \big(\sqrt{\widehat{q_i}} + \epsilon\big),\
+                \delta \leftarrow \eta_t \lambda \quad \text{(decoupled, as AdamW)} \\
+            &\hspace{5mm} \textbf{else}: d_i \leftarrow \eta_t\, (g_i + \lambda x_i),\
+                \delta \leftarrow 0 \quad \text{(L2, as SGD)} \\
             &\hspace{5mm} r_1, r_2 \sim U[0,1)^{N \times P} \\
             &\hspace{5mm} v_i \leftarrow w_t v_i + c_{1,t} r_1 \odot (p_i - x_i)
-                + c_{2,t} r_2 \odot (g^\star - x_i) - \eta_t\, g_i \\
+                + c_{2,t} r_2 \odot (g^\star - x_i) - d_i \\
             &\hspace{5mm} v_i \leftarrow \operatorname{clamp}(v_i, -v_{max}, v_{max}) \\
-            &\hspace{5mm} x_i \leftarrow x_i + v_i \\
+            &\hspace{5mm} x_i \leftarrow (1 - \delta)\, x_i + v_i \\
             &\hspace{5mm} \textbf{if not}\ \text{ok}_i: x_i \leftarrow g^\star
-                + \sigma\varepsilon,\ v_i \leftarrow 0 \quad \text{(re-seed, counted)} \\
+                + \sigma\varepsilon,\ v_i \leftarrow 0,\ m_i, q_i \leftarrow 0,\
+                t_i \leftarrow 0 \quad \text{(re-seed, counted)} \\
             &\hspace{5mm} \theta_t \leftarrow g^\star \\
             &\rule{110mm}{0.4pt} \\
             &\bf{return} \: \theta_t \\
@@ -122,6 +141,28 @@ class HGPSO(SwarmOptimizer):
     :math:`\eta/(1-w)`), so ``lr`` and ``inertia`` behave like SGD's ``lr`` and
     ``momentum``; the swarm adds attraction toward personal and global bests.
 
+    **The gradient term** (``gradient``). ``"sgd"`` (the default) is the term above, and
+    ``weight_decay`` :math:`\lambda` adds :math:`\lambda x` to the gradient (L2, as
+    :class:`torch.optim.SGD`): with ``inertia = cognitive = social = 0`` and one particle
+    the swarm is SGD, with ``inertia`` = ``momentum`` SGD's heavy ball (:math:`v = -\eta\,
+    \text{buf}`). ``"adam"`` gives every particle Adam's first and second moments of its own
+    gradient (``betas``, ``eps``, bias-corrected with the particle's own step count, which
+    restarts with the particle when it is re-seeded) and the velocity takes Adam's step
+    :math:`\eta\,\hat m / (\sqrt{\hat q} + \epsilon)` instead of :math:`\eta g`;
+    ``weight_decay`` is then decoupled, the position shrinking by :math:`1 - \eta\lambda`
+    before the velocity is added, as :class:`torch.optim.AdamW` does: with ``inertia =
+    cognitive = social = 0``, ``adaptive=False`` and one particle the swarm is ``Adam``
+    (``AdamW``) step for step. The moments cost two more copies of the model per particle:
+    :math:`(4N+1)P` numbers at ``forget=1`` (:math:`(5N+1)P` below), ``state[p]["exp_avg"]``
+    and ``["exp_avg_sq"]`` of shape :math:`(N, *S)`, and ``state["swarm"]["adam_steps"]``.
+    The fused kernel implements ``"sgd"`` only (``fused=True`` with ``"adam"`` is refused;
+    the default ``fused=None`` then uses the pure-PyTorch update). The gradient term is
+    fixed when the optimizer is built: a checkpoint saved with the other one is refused.
+    With ``"adam"`` the groups hold ``betas`` and ``eps``, so torch's
+    :class:`~torch.optim.lr_scheduler.OneCycleLR` and
+    :class:`~torch.optim.lr_scheduler.CyclicLR` cycle ``betas[0]`` (as they do for Adam)
+    rather than ``inertia``.
+
     **Learning-rate schedulers.** Every :mod:`torch.optim.lr_scheduler` class drives the
     groups' ``lr``. In a param group ``momentum`` is another name for ``inertia``: writing
     either sets both (the last write wins), and a group that gives both with different
@@ -158,10 +199,18 @@ class HGPSO(SwarmOptimizer):
     best was not scored on this batch (no finite particle, or with ``forget < 1`` a best
     kept from an earlier batch).
 
+    **The readout** (``readout``). After a step the model holds the global best
+    :math:`g` (``"gbest"``), or the mean :math:`\bar{x}` of the particles' positions, of
+    all or of the ``readout_k`` best (``"mean"``; one more copy of the model is kept,
+    :math:`(2N+2)P` numbers at ``forget=1``). ``p.grad`` stays the global best's gradient
+    either way. :meth:`particle_spread` measures how far apart the particles are, and
+    :meth:`particle_mean` gives the mean without changing the readout.
+
     Args:
         params: iterable of parameters or dicts defining parameter groups. Every group may
             set ``lr``, ``inertia`` (or its other name ``momentum``), ``cognitive``,
-            ``social``, ``max_velocity`` and ``init_spread``; the others are swarm-wide.
+            ``social``, ``max_velocity``, ``init_spread``, ``weight_decay`` and (with
+            ``gradient="adam"``) ``betas`` and ``eps``; the others are swarm-wide.
         lr: gradient scale :math:`\eta` (default: 1e-2).
         num_particles: swarm size :math:`N`; a step costs :math:`N` forward and backward
             passes (default: 8).
@@ -174,6 +223,14 @@ class HGPSO(SwarmOptimizer):
         init_spread: standard deviation :math:`\sigma` of the Gaussian noise that scatters
             particles :math:`2..N` around the initial weights, and re-seeded particles around
             the global best (default: 1e-2).
+        gradient: the velocity's gradient term, ``"sgd"`` (:math:`\eta g`) or ``"adam"``
+            (Adam's preconditioned step, per-particle moments); swarm-wide, fixed when the
+            optimizer is built (default: ``"sgd"``).
+        betas: Adam's :math:`(\beta_1, \beta_2)`, each in :math:`[0, 1)`; only with
+            ``gradient="adam"`` (default: (0.9, 0.999)).
+        eps: Adam's :math:`\epsilon \ge 0`; only with ``gradient="adam"`` (default: 1e-8).
+        weight_decay: :math:`\lambda \ge 0`: L2 into the gradient for ``"sgd"``, decoupled
+            (AdamW) for ``"adam"`` (default: 0).
         forget: :math:`\phi \in [0, 1]` (default: 1.0, right for mini-batch training).
         adaptive: adapt :math:`w, c_1, c_2, \eta` to swarm progress (default: True).
         ema_beta: smoothing :math:`\beta` of the success rate and best loss (default: 0.9).
@@ -207,6 +264,12 @@ class HGPSO(SwarmOptimizer):
             (or with one process) ``"replicated"`` and ``"independent"`` mean the same and
             cost nothing, and ``"sharded"`` holds all particles. See
             :mod:`hgpso.distributed` (default: ``"replicated"``).
+        readout: what the model holds after a step: ``"gbest"``, the global best, or
+            ``"mean"``, the mean of the particles (and of their floating-point buffers);
+            see :mod:`hgpso.optim.readout`. Can be changed between steps
+            (``opt.readout = "mean"``) (default: ``"gbest"``).
+        readout_k: with ``readout="mean"``, average only the ``k`` particles with the
+            lowest stored best losses; ``None`` takes all :math:`N` (default: None).
         process_group: the group to share the swarm over (default: ``None``, the default
             group when ``torch.distributed`` is initialized).
 
@@ -233,6 +296,10 @@ class HGPSO(SwarmOptimizer):
         max_velocity: float | None = None,
         init_spread: float = 1e-2,
         *,
+        gradient: str = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
         forget: float = 1.0,
         adaptive: bool = True,
         ema_beta: float = 0.9,
@@ -244,6 +311,8 @@ class HGPSO(SwarmOptimizer):
         seed: int | None = None,
         fused: bool | None = None,
         distributed: str = "replicated",
+        readout: str = "gbest",
+        readout_k: int | None = None,
         process_group: Any = None,
     ) -> None:
         defaults = {
@@ -253,10 +322,13 @@ class HGPSO(SwarmOptimizer):
             "social": social,
             "max_velocity": max_velocity,
             "init_spread": init_spread,
+            "weight_decay": weight_decay,
+            **_adam_defaults(check_option("gradient", gradient), betas, eps),
         }
         super().__init__(
             params,
             defaults,
+            gradient=gradient,
             num_particles=num_particles,
             forget=forget,
             adaptive=adaptive,
@@ -269,5 +341,23 @@ class HGPSO(SwarmOptimizer):
             seed=seed,
             fused=fused,
             distributed=distributed,
+            readout=readout,
+            readout_k=readout_k,
             process_group=process_group,
         )
+
+
+def _adam_defaults(gradient: str, betas: Any, eps: Any) -> dict[str, Any]:
+    """``betas`` and ``eps`` checked; group keys only with ``gradient="adam"`` (torch's
+    ``OneCycleLR``/``CyclicLR`` cycle ``betas[0]`` instead of ``momentum`` when the defaults
+    hold ``betas``, as for Adam; a ``"sgd"`` swarm keeps its inertia cycled)."""
+    check_group_value("betas", betas)
+    check_group_value("eps", eps)
+    if gradient == "adam":
+        return {"betas": (float(betas[0]), float(betas[1])), "eps": float(eps)}
+    if (tuple(betas), eps) != ((0.9, 0.999), 1e-8):
+        raise ValueError(
+            f"betas={betas!r} and eps={eps!r} are the 'adam' gradient term's: they have no "
+            "effect with gradient='sgd'; pass gradient='adam', or leave them out"
+        )
+    return {}

@@ -8,8 +8,9 @@ same :func:`check_option` validates a value given to ``__init__``, assigned to a
 (``opt.forget = 0.5``) or read from a checkpoint, so the three cannot disagree.
 
 Per-group hyperparameters (``lr``, ``inertia``/``momentum``, ``cognitive``, ``social``,
-``max_velocity``, ``init_spread``) stay in ``param_groups``, where torch's schedulers find
-them; :class:`ParamGroup` makes ``momentum`` another name for ``inertia``.
+``max_velocity``, ``init_spread``, ``weight_decay`` and, with ``gradient="adam"``, ``betas``
+and ``eps``) stay in ``param_groups``, where torch's schedulers find them; :class:`ParamGroup`
+makes ``momentum`` another name for ``inertia``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from hgpso.distributed import check_mode
 
 __all__ = [
     "CONSTRUCTION_OPTIONS",
+    "GRADIENT_TERMS",
     "GROUP_KEYS",
+    "OLD_GROUP_DEFAULTS",
     "OPTIONS_KEY",
+    "READOUTS",
     "ParamGroup",
     "check_group",
     "check_group_value",
@@ -39,8 +43,13 @@ __all__ = [
 
 #: where the swarm-wide options live in ``optimizer.defaults`` (and in ``state_dict()``)
 OPTIONS_KEY = "swarm_options"
-#: the options fixed when the optimizer is built (a checkpoint never changes them)
-CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed")
+#: the options fixed when the optimizer is built (a checkpoint never changes them) (one saved
+#: with another ``gradient`` is refused, :mod:`hgpso.optim.checkpoint`)
+CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed", "gradient")
+#: the velocity's gradient terms (:class:`~hgpso.HGPSO`'s ``gradient``)
+GRADIENT_TERMS = ("sgd", "adam")
+#: what the model holds between steps (:mod:`hgpso.optim.readout`)
+READOUTS = ("gbest", "mean")
 
 
 def check_number(
@@ -120,6 +129,28 @@ def _distributed(value: Any) -> str:
     return check_mode(value)
 
 
+def _gradient(value: Any) -> str:
+    if not isinstance(value, str) or value not in GRADIENT_TERMS:
+        allowed = " or ".join(repr(g) for g in GRADIENT_TERMS)
+        raise ValueError(f"invalid gradient: {value!r}, expected {allowed}")
+    return value
+
+
+def _readout(value: Any) -> str:
+    if not isinstance(value, str) or value not in READOUTS:
+        allowed = " or ".join(repr(r) for r in READOUTS)
+        raise ValueError(f"invalid readout: {value!r}, expected {allowed}")
+    return value
+
+
+def _readout_k(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"readout_k must be None or a positive int, got {value!r}")
+    return value
+
+
 #: every swarm-wide option: its checker, which returns the value to store
 _SPEC: dict[str, Callable[[Any], Any]] = {
     "num_particles": lambda v: _positive_int("num_particles", v),
@@ -134,6 +165,9 @@ _SPEC: dict[str, Callable[[Any], Any]] = {
     "seed": _seed,
     "fused": _fused,
     "distributed": _distributed,
+    "gradient": _gradient,
+    "readout": _readout,
+    "readout_k": _readout_k,
 }
 
 #: the values of options that a checkpoint or pickle from an older version lacks
@@ -149,6 +183,9 @@ OLD_DEFAULTS: dict[str, Any] = {
     "seed": None,
     "fused": None,
     "distributed": "replicated",
+    "gradient": "sgd",
+    "readout": "gbest",
+    "readout_k": None,
 }
 
 
@@ -170,11 +207,23 @@ def check_options(options: Mapping[str, Any], *, where: str = "") -> dict[str, A
             f"the options are {sorted(_SPEC)}"
         )
     out = {name: check_option(name, value) for name, value in options.items()}
+    k, n = out.get("readout_k"), out.get("num_particles")
+    if k is not None and n is not None and k > n:
+        raise ValueError(
+            f"readout_k={k} exceeds num_particles={n}: the readout averages at most all "
+            "the particles (readout_k=None takes them all)"
+        )
     if out.get("distributed") == "sharded" and out.get("fused"):
         raise ValueError(
             "fused=True cannot be combined with distributed='sharded': the fused kernel's "
             "counter-based randoms depend on a particle's row in its tensor, which "
             "sharding changes; use fused=None or fused=False"
+        )
+    if out.get("gradient") == "adam" and out.get("fused"):
+        raise ValueError(
+            "fused=True cannot be combined with gradient='adam': the fused HG-PSO kernel "
+            "implements the 'sgd' gradient term only; use fused=None (the pure-PyTorch "
+            "update runs) or fused=False"
         )
     return out
 
@@ -222,21 +271,55 @@ class Option(Generic[T]):
                 f"{self.name} is fixed when the optimizer is built; create a new optimizer"
             )
         defaults = obj.defaults  # type: ignore[attr-defined]
-        defaults[OPTIONS_KEY] = {**defaults[OPTIONS_KEY], self.name: check_option(self.name, value)}
+        # the whole set checked again: some options constrain others (readout_k <= N)
+        defaults[OPTIONS_KEY] = check_options({**defaults[OPTIONS_KEY], self.name: value})
 
 
 # ------------------------------------------------------------ per-group hyperparameters
 #: names of one group value: torch's schedulers cycle ``momentum``, the swarm calls it ``inertia``
 ALIASES = ("inertia", "momentum")
-_NONNEGATIVE = ("lr", "inertia", "momentum", "cognitive", "social", "init_spread")
-#: the hyperparameters a swarm's param group holds (``momentum``: another name, newer)
-GROUP_KEYS = ("lr", "inertia", "cognitive", "social", "max_velocity", "init_spread")
+_NONNEGATIVE = (
+    "lr",
+    "inertia",
+    "momentum",
+    "cognitive",
+    "social",
+    "init_spread",
+    "weight_decay",
+    "eps",
+)
+#: the hyperparameters a swarm's param group holds (``momentum``: another name, newer;
+#: ``betas`` and ``eps`` only with ``gradient="adam"``, PSO has no ``lr`` nor ``weight_decay``)
+GROUP_KEYS = (
+    "lr",
+    "inertia",
+    "cognitive",
+    "social",
+    "max_velocity",
+    "init_spread",
+    "weight_decay",
+    "betas",
+    "eps",
+)
+#: the values of group keys that a checkpoint from an older version lacks (it trained
+#: with them: no weight decay, the ``"sgd"`` gradient term)
+OLD_GROUP_DEFAULTS: dict[str, Any] = {"weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8}
+
+
+def _check_betas(value: Any) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    for i, beta in enumerate(value):
+        check_number(f"betas[{i}]", beta, high=1.0, high_open=True)
 
 
 def check_group_value(key: str, value: Any) -> None:
-    """A known group hyperparameter's value (finite; ``max_velocity`` > 0 or ``None``)."""
+    """A known group hyperparameter's value (finite; ``max_velocity`` > 0 or ``None``;
+    ``betas`` a pair in ``[0, 1)``; the others >= 0), or a :class:`ValueError` naming it."""
     if key == "max_velocity":
         check_number(key, value, low=0.0, low_open=True, allow_none=True)
+    elif key == "betas":
+        _check_betas(value)
     elif key in _NONNEGATIVE:
         check_number(key, value)
 

@@ -211,14 +211,17 @@ class ParticleBuffers:
         else:
             swarm.pop("pbest_buffers", None)
 
-    def write_into_model(self, swarm: dict[str, Any]) -> None:
-        """The model takes the global best's buffers."""
+    def write_into_model(
+        self, swarm: dict[str, Any], values: dict[str, Tensor] | None = None
+    ) -> None:
+        """The model takes ``values`` (one tensor per buffer name), by default the global
+        best's buffers."""
         if not self.slots:
             return
-        gbest_buffers = swarm["gbest_buffers"]
+        values = swarm["gbest_buffers"] if values is None else values
         targets = resolve([(m, k) for _, m, k in self.slots])
         for (name, _, _), b in zip(self.slots, targets, strict=True):
-            b.copy_(gbest_buffers[name])
+            b.copy_(values[name])
 
     def check_live(self, swarm: dict[str, Any], n: int) -> None:
         """When the per-particle buffers of this model are known: the checkpoint's

@@ -56,9 +56,12 @@ def after_load(opt: Any) -> None:
 
 def fill_unpickled(opt: Any) -> None:
     """An optimizer pickled by an older version lacks the options (they were attributes,
-    which torch does not pickle): the defaults of that time, ``N`` from its state."""
+    which torch does not pickle), or the newer ones: the defaults of that time, ``N`` from
+    its state."""
     if OPTIONS_KEY not in opt.defaults:
         n = opt.state[_SWARM]["pbest_losses"].numel() if _SWARM in opt.state else 1
         opt.defaults[OPTIONS_KEY] = {"num_particles": n, **OLD_DEFAULTS}
+    else:
+        opt.defaults[OPTIONS_KEY] = {**OLD_DEFAULTS, **opt.defaults[OPTIONS_KEY]}
     if "inertia" in opt.defaults:
         opt.defaults.setdefault("momentum", opt.defaults["inertia"])

@@ -110,6 +110,11 @@ class Placement:
         if self.comm is not None:
             self.comm.average_([t for t in new if t.is_floating_point()])
 
+    def sum_over_ranks(self, tensors: list[Tensor]) -> None:
+        """Sums over this process's rows made sums over all ``N`` particles, in place (a
+        collective when the particles are sharded over ranks)."""
+        return None  # every particle is here
+
     def shard_info(self) -> dict[str, int] | None:
         """What a checkpoint records of the placement (``None``: all particles here)."""
         return None
@@ -182,6 +187,10 @@ class Sharded(Placement):
 
     def average_buffers(self, new: list[Tensor]) -> None:
         return None  # each rank's buffers belong to its own particles
+
+    def sum_over_ranks(self, tensors: list[Tensor]) -> None:
+        if self.comm is not None:
+            self.comm.sum_(tensors)
 
     def row_from_owner(self, b: int, stacks: Sequence[Tensor]) -> list[Tensor]:
         """Row ``b`` (a global particle index) of each of ``stacks`` (this rank's rows) on

@@ -42,9 +42,10 @@ class PSO(SwarmOptimizer):
         init_spread: standard deviation of the initial scatter (default: 0.05).
         **kwargs: the swarm-wide options of :class:`~hgpso.HGPSO` (``forget``,
             ``adaptive``, ``ema_beta``, ``tol``, ``patience``, ``seed``, ``fused``,
-            ``distributed``, ``process_group``, ...). ``distributed="sharded"`` splits the
-            particles over the ranks as for :class:`~hgpso.HGPSO` (only losses and the
-            global best's weights are exchanged: PSO has no gradients to send).
+            ``distributed``, ``readout``, ``readout_k``, ``process_group``, ...).
+            ``distributed="sharded"`` splits the particles over the ranks as for
+            :class:`~hgpso.HGPSO` (only losses and the global best's weights are exchanged:
+            PSO has no gradients to send).
     """
 
     uses_gradients = False
@@ -70,6 +71,8 @@ class PSO(SwarmOptimizer):
         seed: int | None = None,
         fused: bool | None = None,
         distributed: str = "replicated",
+        readout: str = "gbest",
+        readout_k: int | None = None,
         process_group: Any = None,
     ) -> None:
         defaults = {
@@ -94,5 +97,7 @@ class PSO(SwarmOptimizer):
             seed=seed,
             fused=fused,
             distributed=distributed,
+            readout=readout,
+            readout_k=readout_k,
             process_group=process_group,
         )

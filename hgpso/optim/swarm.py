@@ -9,7 +9,8 @@ particles), :mod:`~hgpso.optim.particle_buffers` (BatchNorm statistics per parti
 :mod:`~hgpso.optim.checkpoint` and :mod:`~hgpso.optim.persistence` (loading and saving).
 
 A step is atomic: everything is computed into new tensors and swapped into ``state`` only
-when all has succeeded; a failure leaves the state as it was and the model on the global best.
+when all has succeeded; a failure leaves the state as it was and the model on its readout
+(:mod:`~hgpso.optim.readout`: the global best, or the particles' mean).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
 from hgpso.evaluate.request import active_request
-from hgpso.optim import bookkeeping, checkpoint, contract, layout, persistence
+from hgpso.optim import bookkeeping, checkpoint, contract, layout, persistence, readout
 from hgpso.optim import move as move_
 from hgpso.optim.options import (
     OPTIONS_KEY,
@@ -71,6 +72,9 @@ class SwarmOptimizer(Optimizer):
     seed: Option[int | None] = Option()
     fused: Option[bool | None] = Option()
     distributed: Option[str] = Option()
+    gradient: Option[str] = Option()
+    readout: Option[str] = Option()
+    readout_k: Option[int | None] = Option()
 
     def __init__(
         self,
@@ -80,7 +84,7 @@ class SwarmOptimizer(Optimizer):
         process_group: Any = None,
         **options: Any,
     ) -> None:
-        options = check_options(options)
+        options = check_options({"gradient": "sgd", **options})
         check_group(defaults, "the defaults")
         defaults = {**defaults, "momentum": defaults["inertia"]}
         self._members: list[Tensor] | None = None
@@ -118,6 +122,9 @@ class SwarmOptimizer(Optimizer):
         self._random: SwarmRandom | None = None
         self._buffers = ParticleBuffers(from_checkpoint=_keeps_buffers(self))
         self._members = None
+        # what the last successful step wrote into the model (with readout="mean"), so that
+        # a failed step puts it back without a collective (a peer may be elsewhere)
+        self._last_readout: tuple[list[Tensor], dict[str, Tensor] | None] | None = None
         if _SWARM in self.state:
             self._members = [p for p in self._candidates() if "position" in self.state.get(p, {})]
             rng = self.state[_SWARM].get("rng_state")
@@ -216,7 +223,7 @@ class SwarmOptimizer(Optimizer):
         self.state.update(tensors)
         self._members = members
         self.state[_SWARM] = layout.new_swarm_state(
-            self.num_particles, self._device(), rng.integer()
+            self.num_particles, self._device(), rng.integer(), moments=self._adam
         )
         shard = self._placement.shard_info()
         if shard is not None:
@@ -226,7 +233,14 @@ class SwarmOptimizer(Optimizer):
     def _allocate_swarm(
         self, groups: list[tuple[dict[str, Any], list[Tensor]]], rng: SwarmRandom
     ) -> dict[Tensor, dict[str, Tensor]]:
-        return layout.allocate(groups, rng, self._rows, keep_pbest=self._keeps_pbest())
+        return layout.allocate(
+            groups, rng, self._rows, keep_pbest=self._keeps_pbest(), moments=self._adam
+        )
+
+    @property
+    def _adam(self) -> bool:
+        """Whether the particles keep Adam's moments (``gradient="adam"``)."""
+        return self.gradient == "adam"
 
     def _out_of_memory(self, during: str) -> str:
         return layout.out_of_memory_message(
@@ -235,6 +249,7 @@ class SwarmOptimizer(Optimizer):
             keep_pbest=self._keeps_pbest(),
             device=self._device(),
             during=during,
+            moments=self._adam,
         )
 
     # -------------------------------------------------------------- public views
@@ -267,6 +282,35 @@ class SwarmOptimizer(Optimizer):
             lr = lr * swarm["lr_scale"]
         return {"lr": lr, "inertia": w, "cognitive": c1, "social": c2}
 
+    def particle_mean(self, k: int | None = None) -> list[Tensor]:
+        """The mean of the particles' positions (of the ``k`` with the lowest stored best
+        losses, or of all), one new tensor per trainable parameter: what
+        ``readout="mean"`` writes into the model (see :mod:`hgpso.optim.readout`).
+
+        A collective under ``distributed="sharded"``: every rank of the swarm calls it."""
+        if k is not None:
+            check_options({"readout_k": k, "num_particles": self.num_particles})
+        return self._particle_mean(self._all("position"), k)
+
+    def particle_spread(self) -> dict[str, float]:
+        """How far the particles are from their mean: ``rms_to_mean``,
+        ``gbest_rms_to_mean`` and ``mean_rms`` (per element; see
+        :mod:`hgpso.optim.readout`). A swarm whose ``rms_to_mean`` is tiny against the
+        distance its weights travel per epoch has collapsed into one model.
+
+        A collective under ``distributed="sharded"``: every rank of the swarm calls it."""
+        positions = self._all("position")
+        mean = self._particle_mean(positions, None)
+        return readout.spread(
+            positions, mean, self.gbest(), self.num_particles, self._placement.sum_over_ranks
+        )
+
+    def _particle_mean(self, stacks: list[Tensor], k: int | None) -> list[Tensor]:
+        mask = readout.selected(self.swarm["pbest_losses"], k)
+        local = self._placement.local(mask)
+        count = int(mask.sum()) if k is not None else self.num_particles
+        return readout.weighted_mean(stacks, local, count, self._placement.sum_over_ranks)
+
     def swarm_stats(self) -> dict[str, float]:
         """Numbers worth logging: best and smoothed losses, adaptation, NaN re-seeds."""
         s = self.swarm
@@ -275,11 +319,35 @@ class SwarmOptimizer(Optimizer):
         return {k: math.nan if s[k] is None else float(s[k]) for k in keys}
 
     # ------------------------------------------------------------------ the step
-    def _write_gbest_into_params(self) -> None:
-        """The model takes the global best's weights and its per-particle buffers."""
-        for p, g in zip(self._trainable(), self.gbest(), strict=True):
-            p.copy_(g)
-        self._buffers.write_into_model(self.state[_SWARM])
+    def _write_readout(self) -> None:
+        """The model takes the readout's weights and per-particle buffers: the global
+        best's, or (``readout="mean"``) the particles' mean, kept for a failed step."""
+        if self.readout == "gbest":
+            weights, buffers = self.gbest(), None
+        else:
+            weights, buffers = self._mean_readout()
+            self._last_readout = weights, buffers
+        self._write_into_model(weights, buffers)
+
+    def _write_into_model(self, weights: list[Tensor], buffers: dict[str, Tensor] | None) -> None:
+        for p, w in zip(self._trainable(), weights, strict=True):
+            p.copy_(w)
+        self._buffers.write_into_model(self.state[_SWARM], buffers)
+
+    def _mean_readout(self) -> tuple[list[Tensor], dict[str, Tensor] | None]:
+        """The mean of the particles' positions and floating-point buffers (integer buffers:
+        the global best's), over the ``readout_k`` best or all."""
+        swarm, k = self.state[_SWARM], self.readout_k
+        rows = swarm.get("buffers") or {}
+        names = [name for name, t in rows.items() if t.is_floating_point()]
+        stacks = self._all("position") + [rows[name] for name in names]
+        means = self._particle_mean(stacks, k)
+        n = len(self._trainable())
+        if not rows:
+            return means[:n], None
+        buffers = dict(swarm["gbest_buffers"])
+        buffers.update(zip(names, means[n:], strict=True))
+        return means[:n], buffers
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -310,11 +378,12 @@ class SwarmOptimizer(Optimizer):
                 frozen parameter; unfreeze it, or create a new optimizer.
 
         Whatever the closure or the update raises, the step is all or nothing: the swarm's
-        state is left as it was, the model back on the global best and ``p.grad`` on the
-        global best's gradient of the last step that succeeded.
+        state is left as it was, the model back on its readout (see :meth:`_restore_model`)
+        and ``p.grad`` on the global best's gradient of the last step that succeeded.
 
-        After the step the model's parameters hold the swarm's global best, and ``p.grad``
-        its gradient on this batch (``None`` when the global best was not scored on it).
+        After the step the model's parameters hold the swarm's readout (the global best,
+        or with ``readout="mean"`` the particles' mean), and ``p.grad`` the global best's
+        gradient on this batch (``None`` when the global best was not scored on it).
         """
         contract.before_step(self, closure)
         assert closure is not None
@@ -339,7 +408,7 @@ class SwarmOptimizer(Optimizer):
             if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
                 raise RuntimeError(self._out_of_memory("in a step of")) from error
             raise
-        self._write_gbest_into_params()
+        self._write_readout()
         swarm["evaluations"] += self.num_particles
         for k, p in enumerate(params):
             p.grad = None if gbest_grad is None else gbest_grad[k]
@@ -348,8 +417,15 @@ class SwarmOptimizer(Optimizer):
         return finite.min() if finite.numel() else losses.min()
 
     def _restore_model(self, params: list[Tensor], grads: list[Tensor | None]) -> None:
-        """After a failed step: the model on the last global best, ``p.grad`` as it was."""
-        self._write_gbest_into_params()
+        """After a failed step: the model on the last readout, ``p.grad`` as it was.
+
+        With ``readout="mean"``, the mean the last successful step wrote (the global best
+        when this optimizer object has not completed a step since it was built, loaded or
+        unpickled: a mean is a collective under sharding, and the peers may be elsewhere)."""
+        if self.readout == "mean" and self._last_readout is not None:
+            self._write_into_model(*self._last_readout)
+        else:
+            self._write_into_model(self.gbest(), None)
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         contract.mark_grads(params)
@@ -395,7 +471,9 @@ class SwarmOptimizer(Optimizer):
         bookkeeping.adapt(
             swarm, self.defaults[OPTIONS_KEY], t.n_improved / len(t.valid), t.best_now
         )
-        fused = move_.wants_fused(self.fused, self._device(), allowed=placement.fused_allowed)
+        fused = move_.wants_fused(
+            self.fused, self._device(), allowed=placement.fused_allowed and not self._adam
+        )
         olds = self._all("pbest") if keep and self._has_pbest() else None
         pbests = bookkeeping.accept_bests(
             self._all("position"),
@@ -426,6 +504,8 @@ class SwarmOptimizer(Optimizer):
             (change[0], t.gbest_loss) if change else (swarm["gbest_index"], swarm["gbest_loss"])
         )
         swarm.update(pbest_losses=t.pbest_losses, gbest_index=b, gbest_loss=loss)
+        if self._adam:
+            swarm["adam_steps"] = bookkeeping.next_adam_steps(swarm["adam_steps"], t.valid)
         for launch in launches:
             launch()
         if launches:
@@ -463,13 +543,14 @@ class SwarmOptimizer(Optimizer):
         return gbests, grad, (t.b, changed)
 
     def _commit(
-        self, moved: list[tuple[Tensor, Tensor]], pbests: list[Tensor], gbests: list[Tensor]
+        self, moved: list[dict[str, Tensor]], pbests: list[Tensor], gbests: list[Tensor]
     ) -> None:
         """Swap the new tensors into the state: reference assignments only."""
         keep = self._keeps_pbest()
-        for p, (x, v), pb, g in zip(self._trainable(), moved, pbests, gbests, strict=True):
+        for p, new, pb, g in zip(self._trainable(), moved, pbests, gbests, strict=True):
             st = self.state[p]
-            st["position"], st["velocity"], st["gbest"] = x, v, g
+            st.update(new)
+            st["gbest"] = g
             if keep:
                 st["pbest"] = pb
             else:
@@ -482,6 +563,10 @@ class SwarmOptimizer(Optimizer):
         hyper = [self.effective_hyperparameters(g) for _, g, _ in slices]
         if not self.uses_gradients:
             hyper = [{**hp, "lr": 0.0} for hp in hyper]
+        moments, steps = None, None
+        if self._adam:  # each particle's moments and step count after this step
+            moments = {key: self._all(key) for key in layout.MOMENT_KEYS}
+            steps = self._placement.local(self.state[_SWARM]["adam_steps"]) + 1
         return move_.group_moves(
             slices,
             hyper,
@@ -490,6 +575,8 @@ class SwarmOptimizer(Optimizer):
             pbests,
             gbests,
             grads,
+            moments=moments,
+            steps=steps,
         )
 
     def _fresh_rows(self, bad: Tensor, gbests: list[Tensor]) -> list[tuple[int, Tensor, Tensor]]:

@@ -45,6 +45,9 @@ def make_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
     kwargs = {"num_particles": cfg["n"], "seed": 7, "distributed": "sharded"}
     if "forget" in cfg:
         kwargs["forget"] = cfg["forget"]
+    for key in ("gradient", "weight_decay", "readout", "readout_k"):  # issue 21
+        if key in cfg:
+            kwargs[key] = cfg[key]
     if cfg["optim"] == "pso":
         return hgpso.PSO(params, **kwargs)
     return hgpso.HGPSO(params, lr=0.05, **kwargs)
@@ -101,6 +104,26 @@ def run_config(cfg: dict[str, Any], rank: int = 0) -> dict[str, Any]:
 
 def train(rank: int, world_size: int, out: Path, *, configs: list[dict[str, Any]]) -> None:
     torch.save([run_config(cfg, rank) for cfg in configs], out / f"rank{rank}.pt")
+
+
+def readout_views(cfg: dict[str, Any], rank: int = 0) -> dict[str, Any]:
+    """:func:`run_config`, then the collectives of the readout: the particles' mean (all,
+    and the best 2) and their spread."""
+    torch.manual_seed(100 + rank)
+    model = make_model(cfg.get("bn", False))
+    opt = make_optimizer(cfg, model.parameters())
+    for t, (x, y) in enumerate(batches()):
+        step_once(opt, model, cfg, t, x, y)
+    return {
+        **snapshot(model, opt),
+        "mean": opt.particle_mean(),  # type: ignore[attr-defined]
+        "mean_best_2": opt.particle_mean(k=2),  # type: ignore[attr-defined]
+        "spread": opt.particle_spread(),  # type: ignore[attr-defined]
+    }
+
+
+def train_readout(rank: int, world_size: int, out: Path, *, cfg: dict[str, Any]) -> None:
+    torch.save(readout_views(cfg, rank), out / f"rank{rank}.pt")
 
 
 def train_resume(rank: int, world_size: int, out: Path, *, cfg: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
-from tests.helpers import TinyNet, make_closure
+from tests.helpers import TinyNet, make_closure, param_state_bytes
 
 
 def _bits(t):
@@ -19,16 +19,6 @@ def _bits(t):
 
 def _same(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
-
-
-def _param_state_bytes(opt):
-    return sum(
-        t.numel() * t.element_size()
-        for key, st in opt.state.items()
-        if key != "swarm"
-        for t in st.values()
-        if isinstance(t, torch.Tensor)
-    )
 
 
 def _swarm_tensor_bytes(opt):
@@ -53,7 +43,7 @@ def _run(n, steps=3, **kw):
 def test_forget_one_keeps_two_model_copies_per_particle_and_one_global_best(n):
     model, opt, _, _ = _run(n)
     p_count = sum(p.numel() for p in model.parameters())
-    assert _param_state_bytes(opt) == (2 * n + 1) * p_count * 4
+    assert param_state_bytes(opt) == (2 * n + 1) * p_count * 4
     assert _swarm_tensor_bytes(opt) == n * 4  # the N best losses
     sd = opt.state_dict()
     for key, st in sd["state"].items():
@@ -66,7 +56,7 @@ def test_memory_across_batches_stores_the_personal_bests(forget):
     n = 4
     model, opt, _, _ = _run(n, forget=forget)
     p_count = sum(p.numel() for p in model.parameters())
-    assert _param_state_bytes(opt) == (3 * n + 1) * p_count * 4
+    assert param_state_bytes(opt) == (3 * n + 1) * p_count * 4
     for p in model.parameters():
         assert opt.state[p]["pbest"].shape == (n, *p.shape)
         i = opt.state["swarm"]["gbest_index"]
