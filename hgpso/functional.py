@@ -49,7 +49,7 @@ def hgpso_update(
     r1: Sequence[Tensor],
     r2: Sequence[Tensor],
     *,
-    lr: float,
+    lr: float | Tensor,
     inertia: float,
     cognitive: float,
     social: float,
@@ -74,7 +74,8 @@ def hgpso_update(
     caller owns the random stream). ``grads=None`` (or ``lr == 0``) gives the plain,
     gradient-free PSO update. ``pbests`` may be ``positions`` itself (a swarm whose personal
     bests are its current positions: the cognitive term is then :math:`c_1 r_1 \odot 0`).
-    For Adam's preconditioned gradient term see :func:`hgpso_adam_update`.
+    For Adam's preconditioned gradient term see :func:`hgpso_adam_update`. ``lr`` may be
+    a ``(N,)`` tensor, one learning rate :math:`\eta_i` per particle (row).
 
     The arithmetic is done in this order (the fused kernel follows it, so results agree
     to rounding): ``v' = w*v``; ``v' += c1*(r1*(p - x))``; ``v' += c2*(r2*(g - x))``;
@@ -104,12 +105,21 @@ def hgpso_update(
         positions, velocities, pbests, gbests, r1, r2, inertia, cognitive, social
     )
     # - lr*grad (L2 weight decay into the gradient first, as torch.optim.SGD)
-    if grads is not None and lr != 0.0:
+    if grads is not None and (isinstance(lr, Tensor) or lr != 0.0):
         grads = list(grads)
         if weight_decay != 0.0:
             grads = list(torch._foreach_add(grads, positions, alpha=weight_decay))
-        torch._foreach_add_(new_v, grads, alpha=-lr)
+        if isinstance(lr, Tensor):  # one learning rate per particle
+            for v, g in zip(new_v, grads, strict=True):
+                v.addcmul_(g, _rows(lr, g), value=-1.0)
+        else:
+            torch._foreach_add_(new_v, grads, alpha=-lr)
     return _clamp_and_move(scratch, new_v, positions, max_velocity)
+
+
+def _rows(values: Tensor, like: Tensor) -> Tensor:
+    """A ``(N,)`` tensor in ``like``'s dtype and device, shaped to broadcast over its rows."""
+    return values.to(like.device, like.dtype).view((-1,) + (1,) * (like.dim() - 1))
 
 
 def _swarm_pull(
@@ -146,17 +156,18 @@ def _clamp_and_move(
     new_v: list[Tensor],
     positions: list[Tensor],
     max_velocity: float | None,
-    shrink: float = 1.0,
+    shrink: float | Tensor = 1.0,
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """``v'`` clamped, then ``x' = shrink*x + v'`` into ``scratch``."""
+    """``v'`` clamped, then ``x' = shrink*x + v'`` into ``scratch`` (``shrink``: a float, or
+    one per row)."""
     if max_velocity is not None:
         torch._foreach_clamp_min_(new_v, -max_velocity)
         torch._foreach_clamp_max_(new_v, max_velocity)
     for out, x, v in zip(scratch, positions, new_v, strict=True):
-        if shrink == 1.0:
+        if not isinstance(shrink, Tensor) and shrink == 1.0:
             torch.add(x, v, out=out)
         else:  # decoupled weight decay: x*(1 - lr*wd) first, as torch.optim.AdamW
-            torch.mul(x, shrink, out=out)
+            torch.mul(x, shrink if not isinstance(shrink, Tensor) else _rows(shrink, x), out=out)
             out.add_(v)
     return scratch, new_v
 
@@ -171,17 +182,19 @@ class AdamUpdate(NamedTuple):
 
 
 def _bias_corrections(
-    steps: int | Tensor, lr: float, beta1: float, beta2: float, like: Tensor
+    steps: int | Tensor, lr: float | Tensor, beta1: float, beta2: float, like: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``(-lr / (1 - beta1**t), sqrt(1 - beta2**t))`` of every row's count ``t`` (one int for
-    all rows, or ``(N,)``), computed in float64 as torch's Adam computes them in Python
-    floats, then rounded to ``like``'s dtype (as torch rounds a scalar operand) and shaped
-    to broadcast over the rows."""
+    all rows, or ``(N,)``; ``lr`` likewise), computed in float64 as torch's Adam computes
+    them in Python floats, then rounded to ``like``'s dtype (as torch rounds a scalar
+    operand) and shaped to broadcast over the rows."""
     if isinstance(steps, int) and steps < 1:
         raise ValueError(f"steps must be >= 1 (the count after this step), got {steps}")
     # a tensor of counts is not checked here: that would wait on the device every step
     t = torch.as_tensor(steps, device=like.device).to(torch.float64).reshape(-1)
     shape = (-1,) + (1,) * (like.dim() - 1)
+    if isinstance(lr, Tensor):
+        lr = lr.to(like.device, torch.float64)
     step_size = (-(lr / (1 - beta1**t))).to(like.dtype).view(shape)
     bc2_sqrt = ((1 - beta2**t) ** 0.5).to(like.dtype).view(shape)
     return step_size, bc2_sqrt
@@ -193,7 +206,7 @@ def adam_gradient_term(
     exp_avg_sqs: Sequence[Tensor],
     steps: int | Tensor,
     *,
-    lr: float,
+    lr: float | Tensor,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -208,7 +221,8 @@ def adam_gradient_term(
         \end{aligned}
 
     ``steps`` is :math:`t`, the count **after** this step (``>= 1``): an int for every
-    particle, or a ``(N,)`` tensor of per-particle counts. The arithmetic is that of
+    particle, or a ``(N,)`` tensor of per-particle counts; ``lr`` likewise a float or one
+    learning rate per particle. The arithmetic is that of
     ``torch.optim.Adam`` (``_single_tensor_adam``: ``lerp`` for :math:`m`,
     ``mul``/``addcmul`` for :math:`s`, ``denom = sqrt(s')/sqrt(1 - beta2**t) + eps``, the
     term ``(-step_size * m') / denom``), so that one particle's step equals Adam's. The
@@ -240,7 +254,7 @@ def hgpso_adam_update(
     r1: Sequence[Tensor],
     r2: Sequence[Tensor],
     *,
-    lr: float,
+    lr: float | Tensor,
     inertia: float,
     cognitive: float,
     social: float,
@@ -265,7 +279,7 @@ def hgpso_adam_update(
     :math:`w = c_1 = c_2 = 0` and one particle this is ``torch.optim.AdamW``'s step (``Adam``
     with :math:`\lambda = 0`), to the bit: the position is decayed first and the term added
     to it, in torch's order. ``r1`` is consumed as in :func:`hgpso_update`; the other inputs
-    are only read.
+    are only read. ``lr`` may be a ``(N,)`` tensor, one :math:`\eta_i` per particle.
     """
     n = _check_lists(
         positions=positions,
@@ -288,7 +302,8 @@ def hgpso_adam_update(
         positions, velocities, pbests, gbests, r1, r2, inertia, cognitive, social
     )
     torch._foreach_add_(new_v, terms)
-    new_x, new_v = _clamp_and_move(scratch, new_v, positions, max_velocity, 1 - lr * weight_decay)
+    shrink = 1.0 if weight_decay == 0.0 else 1 - lr * weight_decay
+    new_x, new_v = _clamp_and_move(scratch, new_v, positions, max_velocity, shrink)
     return AdamUpdate(new_x, new_v, new_m, new_s)
 
 

@@ -21,6 +21,8 @@ Which checkpoint loads where (``docs/guides/distributed.md``):
   ``gradient`` is refused (a ``"sgd"`` one has no moments for ``"adam"`` to resume from, an
   ``"adam"`` one would lose them). A checkpoint from before ``gradient`` existed is a
   ``"sgd"`` one; its param groups take ``weight_decay=0`` (it trained without).
+* So is ``lr_spread``: a checkpoint saved with another is refused; the particles'
+  learning-rate factors are checked to lie in ``[1/lr_spread, lr_spread]``.
 """
 
 from __future__ import annotations
@@ -111,6 +113,36 @@ def _check_gradient(opt: Any, saved_options: dict[str, Any]) -> None:
             f"gradient={opt.gradient!r}: the gradient term is fixed when the optimizer is "
             f"built (a 'sgd' swarm has no Adam moments to resume from, an 'adam' one would "
             f"lose them); build it with gradient={saved!r} to resume"
+        )
+
+
+def _check_lr_spread(opt: Any, saved_options: dict[str, Any]) -> None:
+    saved = saved_options.get("lr_spread", 1.0)  # checkpoints before the option: 1
+    if saved != opt.lr_spread:
+        _refuse(
+            f"the state_dict was saved with lr_spread={saved!r}, this optimizer has "
+            f"lr_spread={opt.lr_spread!r}: the particles' learning-rate grid is fixed when "
+            f"the optimizer is built; build it with lr_spread={saved!r} to resume"
+        )
+
+
+def _check_lr_factors(swarm: dict[str, Any], n: int, spread: float) -> None:
+    factors = swarm.get("lr_factors")
+    if spread == 1.0:
+        if factors is not None:
+            _refuse("state['swarm'] holds 'lr_factors' but was saved with lr_spread=1")
+        return
+    if not isinstance(factors, Tensor) or factors.dtype != torch.float64 or factors.shape != (n,):
+        got = (factors.dtype, tuple(factors.shape)) if isinstance(factors, Tensor) else factors
+        _refuse(
+            f"state['swarm']['lr_factors'] must be a float64 tensor of shape ({n},) (each "
+            f"particle's learning-rate factor), got {got!r}"
+        )
+    low, high = (1 / spread) * (1 - 1e-9), spread * (1 + 1e-9)
+    if factors.device.type == "meta" or not bool(((factors >= low) & (factors <= high)).all()):
+        _refuse(
+            f"state['swarm']['lr_factors'] must lie in [1/lr_spread, lr_spread] = "
+            f"[{1 / spread:g}, {spread:g}] (and be finite)"
         )
 
 
@@ -281,6 +313,7 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
     saved_options = state.pop(options_.OPTIONS_KEY, sd.get(options_.OPTIONS_KEY)) or {}
     saved_options = options_.check_options(saved_options, where="the state_dict's swarm options")
     _check_gradient(opt, saved_options)
+    _check_lr_spread(opt, saved_options)
     n = opt.num_particles
     if saved_options.get("num_particles", n) != n:
         _refuse(
@@ -295,6 +328,7 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
     if swarm is not None:
         _check_swarm(swarm, n)
         _check_adam_steps(swarm, n, opt.gradient == "adam")
+        _check_lr_factors(swarm, n, opt.lr_spread if opt.uses_gradients else 1.0)
         saved = _saved_rows(swarm, n, placement, opt.distributed)
         m = len(saved)
         check_buffer_state(swarm, m, f"{m} in the state_dict")
@@ -306,8 +340,9 @@ def prepare_load(opt: Any, sd: dict[str, Any]) -> dict[str, Any]:
         for key in _BUFFER_KEYS:
             if key in swarm:
                 swarm[key] = {name: t[take].clone() for name, t in swarm[key].items()}
-        if "adam_steps" in swarm:
-            swarm["adam_steps"] = swarm["adam_steps"].to(opt._device())
+        for key in ("adam_steps", "lr_factors"):
+            if key in swarm:
+                swarm[key] = swarm[key].to(opt._device())
         swarm.pop("shard", None)
         if placement.shard_info() is not None:
             swarm["shard"] = placement.shard_info()

@@ -270,6 +270,13 @@ class HGPSO(SwarmOptimizer):
             (``opt.readout = "mean"``) (default: ``"gbest"``).
         readout_k: with ``readout="mean"``, average only the ``k`` particles with the
             lowest stored best losses; ``None`` takes all :math:`N` (default: None).
+        lr_spread: :math:`F \ge 1`: the particles' learning rates spread over a log grid
+            from ``lr / F`` to ``lr * F`` (:mod:`hgpso.optim.particle_lr`), a swarm of
+            :math:`N` as :math:`N` runs at :math:`N` learning rates; ``1`` gives every
+            particle ``lr``. Fixed when the optimizer is built (default: 1.0).
+        lr_pull: :math:`\rho \in [0, 1]`, with ``lr_spread > 1``: after each step every
+            particle's learning-rate factor moves toward the global best's by this fraction
+            in log space (a re-seeded particle takes it); 0 keeps the grid (default: 0.0).
         process_group: the group to share the swarm over (default: ``None``, the default
             group when ``torch.distributed`` is initialized).
 
@@ -313,6 +320,8 @@ class HGPSO(SwarmOptimizer):
         distributed: str = "replicated",
         readout: str = "gbest",
         readout_k: int | None = None,
+        lr_spread: float = 1.0,
+        lr_pull: float = 0.0,
         process_group: Any = None,
     ) -> None:
         defaults = {
@@ -343,6 +352,8 @@ class HGPSO(SwarmOptimizer):
             distributed=distributed,
             readout=readout,
             readout_k=readout_k,
+            lr_spread=lr_spread,
+            lr_pull=lr_pull,
             process_group=process_group,
         )
 

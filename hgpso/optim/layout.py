@@ -25,7 +25,9 @@
     ``lr_scale`` (float), ``nan_reseeds`` (int), ``evaluations`` (int: forward passes
     spent); with ``gradient="adam"`` ``adam_steps`` (``(N,)`` int64 on the parameters'
     device, all ``N`` on every rank: how many gradients each particle's moments hold, 0
-    after a re-seed); under ``distributed="sharded"`` ``shard`` (``world_size``, ``rank``,
+    after a re-seed); with ``lr_spread > 1`` ``lr_factors`` (``(N,)`` float64, all ``N`` on
+    every rank: each particle's learning-rate factor, :mod:`hgpso.optim.particle_lr`);
+    under ``distributed="sharded"`` ``shard`` (``world_size``, ``rank``,
     ``start``, ``stop``); and the per-particle buffers of :mod:`hgpso.optim.particle_buffers`.
 ``optimizer.defaults["swarm_options"]``
     The swarm-wide options (:mod:`hgpso.optim.options`).
@@ -41,6 +43,7 @@ import torch
 from torch import Tensor
 
 from hgpso import functional as F
+from hgpso.optim.particle_lr import initial_factors
 from hgpso.optim.random import SwarmRandom
 
 __all__ = [
@@ -112,7 +115,12 @@ def allocate(
 
 
 def new_swarm_state(
-    num_particles: int, device: torch.device, kernel_seed: int, *, moments: bool = False
+    num_particles: int,
+    device: torch.device,
+    kernel_seed: int,
+    *,
+    moments: bool = False,
+    lr_spread: float = 1.0,
 ) -> dict[str, Any]:
     """``state["swarm"]`` of a swarm that has not been scored yet."""
     out = {
@@ -124,6 +132,8 @@ def new_swarm_state(
     }
     if moments:
         out["adam_steps"] = torch.zeros(num_particles, dtype=torch.int64, device=device)
+    if lr_spread > 1.0:
+        out["lr_factors"] = initial_factors(num_particles, lr_spread, device)
     return out
 
 

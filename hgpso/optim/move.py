@@ -38,7 +38,7 @@ class GroupMove:
     pbests: list[Tensor]
     gbests: list[Tensor]
     grads: list[Tensor] | None
-    lr: float
+    lr: float | Tensor  #: one float, or one per row (``lr_spread > 1``)
     inertia: float
     cognitive: float
     social: float
@@ -54,7 +54,7 @@ class GroupMove:
 
 def group_moves(
     groups: list[tuple[int, dict[str, Any], list[int]]],
-    hyper: list[dict[str, float]],
+    hyper: list[dict[str, Any]],
     positions: list[Tensor],
     velocities: list[Tensor],
     pbests: list[Tensor],
@@ -185,6 +185,8 @@ def _reference_group(g: GroupMove, rng: SwarmRandom) -> dict[str, list[Tensor]]:
 def _fused_group(
     g: GroupMove, seed: int, offset: int
 ) -> tuple[list[Tensor], list[Tensor], Callable[[], None]]:
+    lr = g.lr
+    assert not isinstance(lr, Tensor), "the kernel takes one learning rate per group"
     xs = [x.contiguous() for x in g.positions]
     vs = [v.contiguous() for v in g.velocities]
 
@@ -211,7 +213,7 @@ def _fused_group(
             grs,
             seed=seed,
             offset=offset,
-            lr=g.lr,
+            lr=lr,
             inertia=g.inertia,
             cognitive=g.cognitive,
             social=g.social,

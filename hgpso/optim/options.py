@@ -45,7 +45,7 @@ __all__ = [
 OPTIONS_KEY = "swarm_options"
 #: the options fixed when the optimizer is built (a checkpoint never changes them) (one saved
 #: with another ``gradient`` is refused, :mod:`hgpso.optim.checkpoint`)
-CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed", "gradient")
+CONSTRUCTION_OPTIONS = ("num_particles", "fused", "distributed", "gradient", "lr_spread")
 #: the velocity's gradient terms (:class:`~hgpso.HGPSO`'s ``gradient``)
 GRADIENT_TERMS = ("sgd", "adam")
 #: what the model holds between steps (:mod:`hgpso.optim.readout`)
@@ -151,6 +151,11 @@ def _readout_k(value: Any) -> int | None:
     return value
 
 
+def _lr_spread(value: Any) -> float:
+    check_number("lr_spread", value, low=1.0)
+    return float(value)
+
+
 #: every swarm-wide option: its checker, which returns the value to store
 _SPEC: dict[str, Callable[[Any], Any]] = {
     "num_particles": lambda v: _positive_int("num_particles", v),
@@ -168,6 +173,8 @@ _SPEC: dict[str, Callable[[Any], Any]] = {
     "gradient": _gradient,
     "readout": _readout,
     "readout_k": _readout_k,
+    "lr_spread": _lr_spread,
+    "lr_pull": _fraction("lr_pull"),
 }
 
 #: the values of options that a checkpoint or pickle from an older version lacks
@@ -186,6 +193,8 @@ OLD_DEFAULTS: dict[str, Any] = {
     "gradient": "sgd",
     "readout": "gbest",
     "readout_k": None,
+    "lr_spread": 1.0,
+    "lr_pull": 0.0,
 }
 
 
@@ -218,6 +227,12 @@ def check_options(options: Mapping[str, Any], *, where: str = "") -> dict[str, A
             "fused=True cannot be combined with distributed='sharded': the fused kernel's "
             "counter-based randoms depend on a particle's row in its tensor, which "
             "sharding changes; use fused=None or fused=False"
+        )
+    if out.get("lr_spread", 1.0) > 1.0 and out.get("fused"):
+        raise ValueError(
+            "fused=True cannot be combined with lr_spread > 1: the fused HG-PSO kernel takes "
+            "one learning rate per param group, not one per particle; use fused=None (the "
+            "pure-PyTorch update runs) or fused=False"
         )
     if out.get("gradient") == "adam" and out.get("fused"):
         raise ValueError(

@@ -27,7 +27,15 @@ from hgpso import distributed as distributed_
 from hgpso import functional as F
 from hgpso.evaluate import EvaluationRequest, evaluate_particles
 from hgpso.evaluate.request import active_request
-from hgpso.optim import bookkeeping, checkpoint, contract, layout, persistence, readout
+from hgpso.optim import (
+    bookkeeping,
+    checkpoint,
+    contract,
+    layout,
+    particle_lr,
+    persistence,
+    readout,
+)
 from hgpso.optim import move as move_
 from hgpso.optim.options import (
     OPTIONS_KEY,
@@ -75,6 +83,8 @@ class SwarmOptimizer(Optimizer):
     gradient: Option[str] = Option()
     readout: Option[str] = Option()
     readout_k: Option[int | None] = Option()
+    lr_spread: Option[float] = Option()
+    lr_pull: Option[float] = Option()
 
     def __init__(
         self,
@@ -84,7 +94,7 @@ class SwarmOptimizer(Optimizer):
         process_group: Any = None,
         **options: Any,
     ) -> None:
-        options = check_options({"gradient": "sgd", **options})
+        options = check_options({"gradient": "sgd", "lr_spread": 1.0, "lr_pull": 0.0, **options})
         check_group(defaults, "the defaults")
         defaults = {**defaults, "momentum": defaults["inertia"]}
         self._members: list[Tensor] | None = None
@@ -223,7 +233,11 @@ class SwarmOptimizer(Optimizer):
         self.state.update(tensors)
         self._members = members
         self.state[_SWARM] = layout.new_swarm_state(
-            self.num_particles, self._device(), rng.integer(), moments=self._adam
+            self.num_particles,
+            self._device(),
+            rng.integer(),
+            moments=self._adam,
+            lr_spread=self.lr_spread if self.uses_gradients else 1.0,
         )
         shard = self._placement.shard_info()
         if shard is not None:
@@ -236,6 +250,11 @@ class SwarmOptimizer(Optimizer):
         return layout.allocate(
             groups, rng, self._rows, keep_pbest=self._keeps_pbest(), moments=self._adam
         )
+
+    @property
+    def _per_particle_lr(self) -> bool:
+        """Whether each particle has its own learning-rate factor (``lr_spread > 1``)."""
+        return self.uses_gradients and self.lr_spread > 1.0
 
     @property
     def _adam(self) -> bool:
@@ -281,6 +300,17 @@ class SwarmOptimizer(Optimizer):
             )
             lr = lr * swarm["lr_scale"]
         return {"lr": lr, "inertia": w, "cognitive": c1, "social": c2}
+
+    def particle_lrs(self, group: dict[str, Any] | int = 0) -> Tensor:
+        """The learning rate each of the ``N`` particles' next step uses in ``group``:
+        ``effective_hyperparameters(group)["lr"]`` times the particle's factor
+        (:mod:`hgpso.optim.particle_lr`; all equal unless ``lr_spread > 1``), ``(N,)``
+        float64 on the CPU."""
+        lr = self.effective_hyperparameters(group)["lr"]
+        factors = self.swarm.get("lr_factors")
+        if factors is None:
+            return torch.full((self.num_particles,), lr, dtype=torch.float64)
+        return lr * factors.detach().to("cpu", torch.float64)
 
     def particle_mean(self, k: int | None = None) -> list[Tensor]:
         """The mean of the particles' positions (of the ``k`` with the lowest stored best
@@ -472,7 +502,9 @@ class SwarmOptimizer(Optimizer):
             swarm, self.defaults[OPTIONS_KEY], t.n_improved / len(t.valid), t.best_now
         )
         fused = move_.wants_fused(
-            self.fused, self._device(), allowed=placement.fused_allowed and not self._adam
+            self.fused,
+            self._device(),
+            allowed=placement.fused_allowed and not self._adam and not self._per_particle_lr,
         )
         olds = self._all("pbest") if keep and self._has_pbest() else None
         pbests = bookkeeping.accept_bests(
@@ -498,12 +530,17 @@ class SwarmOptimizer(Optimizer):
             bookkeeping.write_rows(moved, rows)
         local_improved, local_valid = placement.local(t.improved), placement.local(t.valid)
         self._buffers.advance(swarm, placement, local_improved, local_valid, change, keep)
+        factors = swarm.get("lr_factors")
+        if factors is not None and change is not None:
+            factors = particle_lr.pulled(factors, change[0], self.lr_pull, t.valid)
         # ---- commit: reference assignments, then the fused kernel's in-place launches
         self._commit(moved, pbests, gbests)
         b, loss = (
             (change[0], t.gbest_loss) if change else (swarm["gbest_index"], swarm["gbest_loss"])
         )
         swarm.update(pbest_losses=t.pbest_losses, gbest_index=b, gbest_loss=loss)
+        if factors is not None:
+            swarm["lr_factors"] = factors
         if self._adam:
             swarm["adam_steps"] = bookkeeping.next_adam_steps(swarm["adam_steps"], t.valid)
         for launch in launches:
@@ -560,9 +597,12 @@ class SwarmOptimizer(Optimizer):
         self, gbests: list[Tensor], grads: list[Tensor] | None, pbests: list[Tensor]
     ) -> list[move_.GroupMove]:
         slices = self._group_slices()  # once per step: it walks every group's parameters
-        hyper = [self.effective_hyperparameters(g) for _, g, _ in slices]
+        hyper: list[dict[str, Any]] = [self.effective_hyperparameters(g) for _, g, _ in slices]
         if not self.uses_gradients:
             hyper = [{**hp, "lr": 0.0} for hp in hyper]
+        elif self._per_particle_lr:  # this process's particles' own rates
+            factors = self._placement.local(self.state[_SWARM]["lr_factors"])
+            hyper = [{**hp, "lr": hp["lr"] * factors} for hp in hyper]
         moments, steps = None, None
         if self._adam:  # each particle's moments and step count after this step
             moments = {key: self._all(key) for key in layout.MOMENT_KEYS}

@@ -45,7 +45,7 @@ def make_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
     kwargs = {"num_particles": cfg["n"], "seed": 7, "distributed": "sharded"}
     if "forget" in cfg:
         kwargs["forget"] = cfg["forget"]
-    for key in ("gradient", "weight_decay", "readout", "readout_k"):  # issue 21
+    for key in ("gradient", "weight_decay", "readout", "readout_k", "lr_spread", "lr_pull"):
         if key in cfg:
             kwargs[key] = cfg[key]
     if cfg["optim"] == "pso":

@@ -1,7 +1,8 @@
 """``gradient="adam"`` on a real 2-rank gloo group (issue 21, part 1): a sharded swarm's
 moments are per-particle rows like its positions (each rank holds its share), its step
 counts are all ``N`` on every rank; put together the shards equal one process holding every
-particle, a re-seeded particle included; a consolidated checkpoint resumes on 1 and 3 ranks."""
+particle, a re-seeded particle included; a consolidated checkpoint resumes on 1 and 3 ranks.
+Per-particle learning rates (``lr_spread``, ``lr_pull``) agree on every rank the same way."""
 
 from __future__ import annotations
 
@@ -52,3 +53,18 @@ def test_a_consolidated_adam_checkpoint_resumes_on_one_and_three_ranks(tmp_path)
         got = torch.load(tmp_path / f"r{world_size}/resumed{world_size}.pt", weights_only=False)
         assert "exp_avg" in got["optim"]["state"][0]
         ts.assert_close(_without_placement(got), straight, f"resumed on {world_size} rank(s)")
+
+
+def test_sharded_particle_learning_rates_on_two_ranks_equal_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(ts, "ROW_KEYS", (*ts.ROW_KEYS, "exp_avg", "exp_avg_sq"))
+    cfg = {"optim": "hgpso", "n": 5, "path": "closure", "lr_spread": 4.0, "lr_pull": 0.2}
+    configs = [cfg, {**cfg, "gradient": "adam", "nan_at": (2, 4)}]  # NaN on rank 1
+    run_workers(sw.train, 2, tmp_path, configs=configs)
+    ranks = ts.load_ranks(tmp_path, 2)
+    grid = torch.tensor([4.0 ** (2 * i / 4 - 1) for i in range(5)], dtype=torch.float64)
+    for c, config in enumerate(configs):
+        got = ts.assemble([r[c] for r in ranks])  # lr_factors checked equal on both ranks
+        ts.assert_close(got, ts.one_process(config), f"config {config}")
+        factors = got["state"]["swarm"]["lr_factors"]
+        assert not torch.allclose(factors, grid)  # pulled toward the winners
+        assert bool(((factors >= 0.25) & (factors <= 4.0)).all())
