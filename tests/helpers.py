@@ -88,3 +88,12 @@ def param_state_bytes(opt) -> int:
         for t in st.values()
         if isinstance(t, torch.Tensor)
     )
+
+
+def tiny_batches(steps: int, seed: int = 0, d_in: int = 6):
+    """``steps`` seeded batches of 16 examples for :class:`TinyNet` (3 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(16, d_in, generator=g), torch.randint(0, 3, (16,), generator=g))
+        for _ in range(steps)
+    ]

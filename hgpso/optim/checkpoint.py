@@ -126,20 +126,46 @@ def _check_lr_spread(opt: Any, saved_options: dict[str, Any]) -> None:
         )
 
 
-def _check_lr_factors(swarm: dict[str, Any], n: int, spread: float) -> None:
-    factors = swarm.get("lr_factors")
-    if spread == 1.0:
-        if factors is not None:
-            _refuse("state['swarm'] holds 'lr_factors' but was saved with lr_spread=1")
-        return
-    if not isinstance(factors, Tensor) or factors.dtype != torch.float64 or factors.shape != (n,):
-        got = (factors.dtype, tuple(factors.shape)) if isinstance(factors, Tensor) else factors
+def _per_particle(
+    swarm: dict[str, Any],
+    key: str,
+    n: int,
+    wanted: bool,
+    *,
+    dtype: torch.dtype,
+    what: str,
+    off: str,
+) -> Tensor | None:
+    """``state['swarm'][key]``: absent when not ``wanted`` (saved ``off``), else a ``(n,)``
+    tensor of ``dtype`` not on the meta device."""
+    t = swarm.get(key)
+    if not wanted:
+        if t is not None:
+            _refuse(f"state['swarm'] holds {key!r} but was saved with {off}")
+        return None
+    if not isinstance(t, Tensor) or t.dtype != dtype or t.shape != (n,) or t.is_meta:
+        got = (t.dtype, tuple(t.shape), t.device.type) if isinstance(t, Tensor) else t
+        name = str(dtype).removeprefix("torch.")
+        article = "an" if name[0] in "aeiou" else "a"
         _refuse(
-            f"state['swarm']['lr_factors'] must be a float64 tensor of shape ({n},) (each "
-            f"particle's learning-rate factor), got {got!r}"
+            f"state['swarm'][{key!r}] must be {article} {name} tensor of shape ({n},) "
+            f"({what}), got {got!r}"
         )
+    return t
+
+
+def _check_lr_factors(swarm: dict[str, Any], n: int, spread: float) -> None:
+    factors = _per_particle(
+        swarm,
+        "lr_factors",
+        n,
+        spread != 1.0,
+        dtype=torch.float64,
+        what="each particle's learning-rate factor",
+        off="lr_spread=1",
+    )
     low, high = (1 / spread) * (1 - 1e-9), spread * (1 + 1e-9)
-    if factors.device.type == "meta" or not bool(((factors >= low) & (factors <= high)).all()):
+    if factors is not None and not bool(((factors >= low) & (factors <= high)).all()):
         _refuse(
             f"state['swarm']['lr_factors'] must lie in [1/lr_spread, lr_spread] = "
             f"[{1 / spread:g}, {spread:g}] (and be finite)"
@@ -153,18 +179,16 @@ def _old_group_keys(opt: Any, groups: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def _check_adam_steps(swarm: dict[str, Any], n: int, adam: bool) -> None:
-    steps = swarm.get("adam_steps")
-    if not adam:
-        if steps is not None:
-            _refuse("state['swarm'] holds 'adam_steps' but was saved with gradient='sgd'")
-        return
-    if not isinstance(steps, Tensor) or steps.dtype != torch.int64 or steps.shape != (n,):
-        got = (steps.dtype, tuple(steps.shape)) if isinstance(steps, Tensor) else steps
-        _refuse(
-            f"state['swarm']['adam_steps'] must be an int64 tensor of shape ({n},) (each "
-            f"particle's Adam step count), got {got!r}"
-        )
-    if steps.device.type == "meta" or bool((steps < 0).any()):
+    steps = _per_particle(
+        swarm,
+        "adam_steps",
+        n,
+        adam,
+        dtype=torch.int64,
+        what="each particle's Adam step count",
+        off="gradient='sgd'",
+    )
+    if steps is not None and bool((steps < 0).any()):
         _refuse("state['swarm']['adam_steps'] must hold non-negative counts")
 
 

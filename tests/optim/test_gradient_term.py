@@ -16,20 +16,12 @@ import hgpso
 import hgpso.functional as HF
 from hgpso import HGPSO, PSO
 from hgpso.optim import checkpoint
-from tests.helpers import TinyNet, assert_same_state, make_closure, param_state_bytes
+from tests.helpers import TinyNet, assert_same_state, make_closure, param_state_bytes, tiny_batches
 
 #: one particle moved only by its gradient term (no inertia, no swarm pulls, no adaptation)
 ALONE = {"num_particles": 1, "inertia": 0.0, "cognitive": 0.0, "social": 0.0, "adaptive": False}
 #: tight: the arithmetic follows torch's order, so the runs agree to the bit on CPU
 TIGHT = {"rtol": 1e-6, "atol": 1e-8}
-
-
-def _batches(steps, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
-        for _ in range(steps)
-    ]
 
 
 def _torch_run(model, opt, batches):
@@ -72,7 +64,7 @@ def _pair(seed=0):
 )
 def test_one_particle_without_swarm_terms_is_adam_step_for_step(kw):
     model, ref = _pair()
-    batches = _batches(8)
+    batches = tiny_batches(8)
     lr = 0.02
     swarm = HGPSO(model.parameters(), lr=lr, gradient="adam", seed=0, **ALONE, **kw)
     cls = torch.optim.AdamW if "weight_decay" in kw else torch.optim.Adam
@@ -87,7 +79,7 @@ def test_one_particle_without_swarm_terms_is_adam_step_for_step(kw):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_one_particle_sgd_is_torch_sgd_with_weight_decay(weight_decay):
     model, ref = _pair(1)
-    batches = _batches(6, seed=1)
+    batches = tiny_batches(6, seed=1)
     lr = 0.05
     swarm = HGPSO(model.parameters(), lr=lr, weight_decay=weight_decay, seed=0, **ALONE)
     want = _torch_run(
@@ -100,7 +92,7 @@ def test_inertia_is_sgds_heavy_ball_momentum_with_the_learning_rate_folded_in():
     """SGD: buf = mu*buf + g, x -= lr*buf. HG-PSO: v = w*v - lr*g, x += v. With v = -lr*buf
     the two are the same recursion (equal up to the rounding of where lr multiplies)."""
     model, ref = _pair(2)
-    batches = _batches(8, seed=2)
+    batches = tiny_batches(8, seed=2)
     lr, mu, wd = 0.05, 0.9, 0.01
     kw = {**ALONE, "inertia": mu}
     swarm = HGPSO(model.parameters(), lr=lr, weight_decay=wd, seed=0, **kw)
@@ -175,7 +167,7 @@ def _adam_swarm(model, **kw):
 def test_closure_and_vectorized_paths_give_the_same_adam_swarm(strategy):
     model, model2 = _pair(6)
     a, b = _adam_swarm(model), _adam_swarm(model2)
-    for x, y in _batches(5, seed=6):
+    for x, y in tiny_batches(5, seed=6):
         a.step(make_closure(a, model, x, y))
         b.step(hgpso.vectorized_closure(model2, F.cross_entropy, x, y, strategy=strategy))
     assert_same_state(b.state_dict(), a.state_dict(), rtol=1e-5, atol=1e-6)
@@ -200,7 +192,7 @@ def _nan_closure(opt, model, x, y, bad):
 def test_a_non_finite_particle_is_reseeded_with_zero_moments_and_its_own_step_count():
     model, _ = _pair(7)
     opt = _adam_swarm(model, forget=0.5)
-    data = _batches(5, seed=7)
+    data = tiny_batches(5, seed=7)
     for t, (x, y) in enumerate(data[:3]):
         opt.step(_nan_closure(opt, model, x, y, bad=1 if t == 2 else -1))
     assert opt.state["swarm"]["nan_reseeds"] == 1
@@ -230,7 +222,7 @@ def test_a_non_finite_particle_is_reseeded_with_zero_moments_and_its_own_step_co
 
 @pytest.mark.parametrize("forget", [1.0, 0.5])
 def test_state_dict_resumes_bit_for_bit_with_adam(forget):
-    data = _batches(6, seed=8)
+    data = tiny_batches(6, seed=8)
     model, model2 = _pair(8)
     straight = _adam_swarm(model, forget=forget)
     for x, y in data:
@@ -262,7 +254,7 @@ def _old_checkpoint(sd):
 
 
 def test_old_checkpoints_load_as_sgd_and_resume_bit_for_bit():
-    data = _batches(6, seed=9)
+    data = tiny_batches(6, seed=9)
     model, model2 = _pair(9)
     straight = HGPSO(model.parameters(), num_particles=3, seed=1)
     for x, y in data:
@@ -288,7 +280,7 @@ def _refused_unchanged(opt, sd, match):
 
 def test_a_checkpoint_of_the_other_gradient_term_is_refused_with_nothing_loaded():
     model, _ = _pair(10)
-    x, y = _batches(1, seed=10)[0]
+    x, y = tiny_batches(1, seed=10)[0]
     adam = _adam_swarm(model)
     adam.step(make_closure(adam, model, x, y))
     sgd = HGPSO(model.parameters(), num_particles=4, seed=5)
@@ -333,7 +325,7 @@ def _tamper(sd, how):
 )
 def test_checkpoint_validates_the_moments_before_anything_loads(how, match):
     model, _ = _pair(11)
-    x, y = _batches(1, seed=11)[0]
+    x, y = tiny_batches(1, seed=11)[0]
     opt = _adam_swarm(model)
     opt.step(make_closure(opt, model, x, y))
     _refused_unchanged(opt, _tamper(opt.state_dict(), how), match)
@@ -342,7 +334,7 @@ def test_checkpoint_validates_the_moments_before_anything_loads(how, match):
 def test_moments_are_per_particle_rows_merged_and_sliced_for_resharding():
     assert {"exp_avg", "exp_avg_sq"} <= set(checkpoint._ROW_KEYS)
     model, _ = _pair(12)
-    x, y = _batches(1, seed=12)[0]
+    x, y = tiny_batches(1, seed=12)[0]
     opt = _adam_swarm(model, distributed="sharded", num_particles=5)
     opt.step(make_closure(opt, model, x, y))
     full = opt.state_dict()
@@ -364,7 +356,7 @@ def test_moments_are_per_particle_rows_merged_and_sliced_for_resharding():
 
 
 def test_sharded_and_replicated_swarms_both_run_adam():
-    data = _batches(4, seed=13)
+    data = tiny_batches(4, seed=13)
     runs = {}
     for mode in ("replicated", "sharded"):
         for spread in (0.0, 0.01):
@@ -393,7 +385,7 @@ def test_sharded_and_replicated_swarms_both_run_adam():
 def test_adam_state_is_4n_plus_1_model_copies_at_forget_one(n, forget, copies):
     model, _ = _pair(14)
     opt = _adam_swarm(model, num_particles=n, forget=forget)
-    x, y = _batches(1, seed=14)[0]
+    x, y = tiny_batches(1, seed=14)[0]
     opt.step(make_closure(opt, model, x, y))
     p_count = sum(p.numel() for p in model.parameters())
     assert param_state_bytes(opt) == (copies * n + 1) * p_count * 4
@@ -439,7 +431,7 @@ def test_bad_values_are_refused_naming_the_argument(kw, match):
 
 def test_bad_group_values_are_refused_before_anything_changes():
     model, _ = _pair(17)
-    x, y = _batches(1, seed=17)[0]
+    x, y = tiny_batches(1, seed=17)[0]
     opt = _adam_swarm(model)
     opt.step(make_closure(opt, model, x, y))
     before = copy.deepcopy(opt.state_dict())
@@ -470,7 +462,7 @@ def test_one_cycle_cycles_beta1_with_adam_and_inertia_with_sgd():
     """torch's OneCycleLR/CyclicLR cycle ``betas[0]`` when the defaults hold ``betas`` (as for
     Adam), ``momentum`` otherwise: only ``gradient="adam"`` swarms have ``betas``."""
     model, _ = _pair(19)
-    x, y = _batches(1, seed=19)[0]
+    x, y = tiny_batches(1, seed=19)[0]
     for gradient, moved in (("adam", "betas"), ("sgd", "inertia")):
         opt = HGPSO(model.parameters(), num_particles=2, gradient=gradient)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=10)

@@ -17,19 +17,11 @@ import torch.nn.functional as F
 import hgpso
 from hgpso import HGPSO
 from hgpso.optim.options import OPTIONS_KEY
-from tests.helpers import TinyNet, assert_same_state, make_closure
+from tests.helpers import TinyNet, assert_same_state, make_closure, tiny_batches
 
 #: particles moved only by their gradient terms, all starting on the initial model
 ALONE = {"inertia": 0.0, "cognitive": 0.0, "social": 0.0, "adaptive": False, "init_spread": 0.0}
 TIGHT = {"rtol": 1e-6, "atol": 1e-8}
-
-
-def _batches(steps, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g))
-        for _ in range(steps)
-    ]
 
 
 def _grid(lr, spread, n):
@@ -59,7 +51,7 @@ def test_the_initial_rates_are_a_log_grid_around_lr():
 )
 def test_a_spread_swarm_is_n_torch_runs_at_n_learning_rates(gradient, cls, kw):
     n, lr, spread = 4, 0.02, 5.0
-    batches = _batches(5)
+    batches = tiny_batches(5)
     torch.manual_seed(0)
     model = TinyNet()
     refs = [copy.deepcopy(model) for _ in range(n)]
@@ -91,7 +83,7 @@ def test_the_pull_moves_every_factor_toward_the_global_bests_in_log_space():
     torch.manual_seed(1)
     model = TinyNet()
     opt = HGPSO(model.parameters(), num_particles=5, lr_spread=8.0, lr_pull=0.25, seed=2)
-    for x, y in _batches(3, seed=1):
+    for x, y in tiny_batches(3, seed=1):
         before = opt.swarm["lr_factors"].clone()
         opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x, y))
         b = opt.state["swarm"]["gbest_index"]
@@ -106,7 +98,7 @@ def test_a_reseeded_particle_takes_the_global_bests_rate():
     torch.manual_seed(2)
     model = TinyNet()
     opt = HGPSO(model.parameters(), num_particles=4, lr_spread=4.0, seed=1)
-    x, y = _batches(1)[0]
+    x, y = tiny_batches(1)[0]
     calls = [0]
 
     def closure():
@@ -131,7 +123,7 @@ def test_schedulers_scale_every_particles_rate():
     opt = HGPSO(net.parameters(), lr=0.1, num_particles=3, lr_spread=2.0, adaptive=False)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     before = opt.particle_lrs()
-    opt.step(make_closure(opt, net, *_batches(1)[0]))
+    opt.step(make_closure(opt, net, *tiny_batches(1)[0]))
     sched.step()
     torch.testing.assert_close(opt.particle_lrs(), before * 0.5)
 
@@ -140,7 +132,7 @@ def _trained(steps, **kw):
     torch.manual_seed(3)
     model = TinyNet()
     opt = HGPSO(model.parameters(), num_particles=4, seed=5, lr_spread=3.0, lr_pull=0.1, **kw)
-    for x, y in _batches(steps, seed=3):
+    for x, y in tiny_batches(steps, seed=3):
         opt.step(make_closure(opt, model, x, y))
     return model, opt
 
@@ -153,7 +145,7 @@ def test_state_dict_resumes_bit_for_bit(gradient):
     fresh = HGPSO(model.parameters(), num_particles=4, lr_spread=3.0, gradient=gradient)
     fresh.load_state_dict(sd)
     assert fresh.lr_pull == 0.1
-    for x, y in _batches(4, seed=3)[2:]:
+    for x, y in tiny_batches(4, seed=3)[2:]:
         fresh.step(make_closure(fresh, model, x, y))
     assert_same_state(fresh.state_dict(), straight.state_dict())
     assert_same_state(model.state_dict(), straight_model.state_dict())
@@ -185,7 +177,7 @@ def test_another_spread_is_refused_and_old_checkpoints_load_without_one():
     with pytest.raises(ValueError, match=r"saved with lr_spread=3\.0, this optimizer has"):
         HGPSO(model.parameters(), num_particles=4).load_state_dict(opt.state_dict())
     plain = HGPSO(model.parameters(), num_particles=4, seed=1)
-    plain.step(make_closure(plain, model, *_batches(1)[0]))
+    plain.step(make_closure(plain, model, *tiny_batches(1)[0]))
     sd = plain.state_dict()
     for key in ("lr_spread", "lr_pull"):  # a checkpoint from before the options
         del sd[OPTIONS_KEY][key]

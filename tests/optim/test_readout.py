@@ -20,15 +20,7 @@ from torch import nn
 import hgpso
 from hgpso import HGPSO, PSO
 from hgpso.optim.options import OPTIONS_KEY
-from tests.helpers import TinyNet, assert_same_state, make_closure
-
-
-def _batches(steps, seed=0, d_in=6):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(16, d_in, generator=g), torch.randint(0, 3, (16,), generator=g))
-        for _ in range(steps)
-    ]
+from tests.helpers import TinyNet, assert_same_state, make_closure, tiny_batches
 
 
 def _bn_net():
@@ -39,7 +31,7 @@ def _train(readout="gbest", *, steps=4, path="closure", model=None, **kw):
     torch.manual_seed(0)
     model = TinyNet() if model is None else model
     opt = HGPSO(model.parameters(), num_particles=5, seed=3, readout=readout, **kw)
-    for x, y in _batches(steps):
+    for x, y in tiny_batches(steps):
         if path == "closure":
             opt.step(make_closure(opt, model, x, y))
         else:
@@ -97,7 +89,7 @@ def test_switching_the_readout_between_steps():
     for p in model.parameters():
         assert torch.equal(p, opt.state[p]["gbest"])
     opt.readout = "mean"
-    x, y = _batches(1, seed=9)[0]
+    x, y = tiny_batches(1, seed=9)[0]
     opt.step(make_closure(opt, model, x, y))
     for p, pos in zip(model.parameters(), _positions(opt, model), strict=True):
         torch.testing.assert_close(p.detach(), pos.mean(0), rtol=0, atol=1e-7)
@@ -119,7 +111,7 @@ def test_mean_of_bfloat16_particles_is_summed_in_float32():
     torch.manual_seed(0)
     model = TinyNet().to(torch.bfloat16)
     opt = HGPSO(model.parameters(), num_particles=7, seed=1, readout="mean", init_spread=0.3)
-    x, y = _batches(1)[0]
+    x, y = tiny_batches(1)[0]
     opt.step(hgpso.vectorized_closure(model, F.cross_entropy, x.bfloat16(), y))
     for p, pos in zip(model.parameters(), _positions(opt, model), strict=True):
         assert p.dtype == torch.bfloat16
@@ -220,6 +212,6 @@ def test_old_checkpoints_and_pickles_without_the_readout_are_gbest():
         del opt.defaults[OPTIONS_KEY][key]
     model2, copy_ = pickle.loads(pickle.dumps((model, opt)))
     assert (copy_.readout, copy_.readout_k, copy_.gradient) == ("gbest", None, "sgd")
-    x, y = _batches(1, seed=5)[0]
+    x, y = tiny_batches(1, seed=5)[0]
     copy_.step(make_closure(copy_, model2, x, y))  # and it steps
     assert copy_.state["swarm"]["step"] == 3
