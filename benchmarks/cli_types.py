@@ -170,6 +170,18 @@ def float_in(low: float, high: float) -> Callable[[str], float]:
     return check
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A type for one of ``choices`` (a hyperparameter flag that names a mode)."""
+
+    def check(s: str) -> str:
+        if s not in choices:
+            raise _bad("one of " + ", ".join(choices), s)
+        return s
+
+    check.__name__ = "one_of_" + "_".join(choices)
+    return check
+
+
 def none_or_positive_float(s: str) -> float | None:
     if s.lower() in ("none", "null", ""):
         return None

@@ -25,15 +25,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-
-DATASETS = ("fashion-mnist", "svhn", "tiny-imagenet", "digits")
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_CACHE = Path(os.environ.get("HGPSO_DATA", Path.home() / ".cache" / "hgpso" / "datasets"))
@@ -364,28 +362,6 @@ def load_digits_splits(test_fraction: float = 0.25) -> ArraySplits:
     )
 
 
-def load_dataset(
-    name: str, data_root: str | Path | None = None, download: bool = True
-) -> ArraySplits:
-    """Load a data set by name and say on stderr where it was read from."""
-    if name == "fashion-mnist":
-        splits = load_fashion_mnist(data_root, download=download)
-    elif name == "svhn":
-        splits = load_svhn(data_root, download=download)
-    elif name == "tiny-imagenet":
-        splits = load_tiny_imagenet(data_root)
-    elif name == "digits":
-        splits = load_digits_splits()
-    else:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    print(
-        f"[data] {name}: {len(splits.train_y)} train / {len(splits.test_y)} test images "
-        f"from {splits.source}",
-        file=sys.stderr,
-    )
-    return splits
-
-
 # --------------------------------------------------------------------------- batching
 
 
@@ -480,10 +456,10 @@ class ArrayDataModule(_LightningDataModule):
     fraction of the *training* labels (after the held-out split and the subset are taken, so
     the evaluation set stays clean) with :func:`symmetric_label_noise` seeded by
     ``label_noise_seed``; the clean training labels stay in ``train_clean_y`` and the
-    corrupted positions in ``train_noise_mask``.
+    corrupted positions in ``train_noise_mask``. The data come from ``splits``, else from
+    ``loader(data_root, download)`` at :meth:`setup` (``benchmarks.registry.data_module``
+    gives each data set's).
     """
-
-    dataset_name = "arrays"
 
     def __init__(
         self,
@@ -497,6 +473,7 @@ class ArrayDataModule(_LightningDataModule):
         splits: ArraySplits | None = None,
         label_noise: float = 0.0,
         label_noise_seed: int = 0,
+        loader: Callable[[str | Path | None, bool], ArraySplits] | None = None,
     ) -> None:
         super().__init__()
         self.data_root = data_root
@@ -507,6 +484,7 @@ class ArrayDataModule(_LightningDataModule):
         self.train_subset = train_subset
         self.download = download
         self.splits = splits
+        self.loader = loader
         if not 0.0 <= label_noise <= 1.0:
             raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
         self.label_noise = label_noise
@@ -516,7 +494,9 @@ class ArrayDataModule(_LightningDataModule):
         self._ready = False
 
     def load(self) -> ArraySplits:
-        return load_dataset(self.dataset_name, self.data_root, download=self.download)
+        if self.loader is None:
+            raise ValueError("an ArrayDataModule needs splits or a loader")
+        return self.loader(self.data_root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -584,27 +564,3 @@ class ArrayDataModule(_LightningDataModule):
     def steps_per_epoch(self) -> int:
         self.setup()
         return len(self.train_set) // self.batch_size
-
-
-class FashionMNISTDataModule(ArrayDataModule):
-    dataset_name = "fashion-mnist"
-
-
-class SVHNDataModule(ArrayDataModule):
-    dataset_name = "svhn"
-
-
-class TinyImageNetDataModule(ArrayDataModule):
-    dataset_name = "tiny-imagenet"
-
-
-class DigitsDataModule(ArrayDataModule):
-    dataset_name = "digits"
-
-
-DATA_MODULES: dict[str, type[ArrayDataModule]] = {
-    "fashion-mnist": FashionMNISTDataModule,
-    "svhn": SVHNDataModule,
-    "tiny-imagenet": TinyImageNetDataModule,
-    "digits": DigitsDataModule,
-}

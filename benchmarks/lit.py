@@ -1,22 +1,23 @@
 """The LightningModule that trains one model with one optimizer and records the metrics.
 
-All four optimizers run under manual optimization, so the loop is the same for each and only
-the step differs:
+Every optimizer of ``benchmarks.registry`` runs under manual optimization, so the loop is the
+same for each and only the step differs:
 
-* ``sgd``/``adam``: ``zero_grad``, forward, ``manual_backward``, ``step``.
-* ``hgpso`` (tuned settings) and ``hgpso-default`` (the library's defaults):
+* gradient optimizers (``sgd``, ``adam``, ``adamw``, ``swa``, ``lookahead``): ``zero_grad``,
+  forward, ``manual_backward``, ``step``.
+* swarms (``hgpso``, ``hgpso-default``, ``hgpso-adam``):
   ``step(hgpso.vectorized_closure(model, cross_entropy, x, y))`` - every particle's
   loss and gradient in one call (``torch.func``; vmapped on CUDA, a loop of functional calls on
-  CPU where vmapped convolutions are slower, see ``hgpso.evaluate.vectorized``).
-* ``pso``: the same vectorized closure; PSO asks it for losses only (no backward pass).
+  CPU where vmapped convolutions are slower, see ``hgpso.evaluate.vectorized``); ``pso``: the
+  same vectorized closure, asked for losses only (no backward pass).
 
-After a swarm step the model holds the swarm's global best, so validation and the final
-loss evaluate exactly the weights the optimizer returns.
+After a swarm step the model holds the swarm's readout (the global best by default), so
+validation and the final loss evaluate exactly the weights the optimizer returns. An optimizer
+with its own readout (SWA's averaged model) is evaluated through its ``evaluated_model``.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,70 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.metrics import Stopwatch, accuracy, passes_per_step
+from benchmarks import registry
+from benchmarks.metrics import Stopwatch, accuracy
+from benchmarks.registry import DEFAULT_HPARAMS, library_default_hparams
 
-# documented, tuned defaults (docs/guides/benchmarks.md, "Tuning", says how they were chosen)
-DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.05, "momentum": 0.9},
-    "adam": {"lr": 1e-3},
-    "pso": {
-        "num_particles": 8,
-        "inertia": 0.7298,
-        "cognitive": 1.49618,
-        "social": 1.49618,
-        "max_velocity": 0.1,
-        "init_spread": 0.05,
-    },
-    "hgpso": {  # tuned on a held-out 10% of Fashion-MNIST's training set, see docs
-        "lr": 0.05,
-        "num_particles": 4,
-        "inertia": 0.9,
-        "cognitive": 0.1,
-        "social": 0.1,
-        "max_velocity": None,
-        "init_spread": 1e-2,
-        "forget": 0.5,
-        "adaptive": False,
-    },
-}
-
-# HG-PSO as a user gets it: ``hgpso.HGPSO``'s own defaults for the keys tuned above, read from
-# its signature (so they follow the library), except the swarm size. ``num_particles`` is 4
-# like the tuned entry, so both variants cost the same forward+backward passes per step and
-# differ only in the settings tuning chose (the library's default is 8; --hgpso-default-num-
-# particles overrides it).
-HGPSO_DEFAULT_NUM_PARTICLES = 4
-
-
-def library_default_hparams(keys=tuple(DEFAULT_HPARAMS["hgpso"])) -> dict[str, Any]:
-    """``hgpso.HGPSO``'s signature defaults for ``keys``, ``num_particles`` set to
-    :data:`HGPSO_DEFAULT_NUM_PARTICLES`."""
-    import hgpso
-
-    params = inspect.signature(hgpso.HGPSO).parameters
-    missing = [k for k in keys if params.get(k) is None or params[k].default is params[k].empty]
-    if missing:
-        raise RuntimeError(f"hgpso.HGPSO has no default for {', '.join(missing)}")
-    out = {k: params[k].default for k in keys}
-    out["num_particles"] = HGPSO_DEFAULT_NUM_PARTICLES
-    return out
-
-
-DEFAULT_HPARAMS["hgpso-default"] = library_default_hparams()
-
-
-def build_optimizer(name: str, params, hparams: dict[str, Any], seed: int):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=hparams["lr"], momentum=hparams.get("momentum", 0.0))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=hparams["lr"])
-    import hgpso
-
-    if name in ("hgpso", "hgpso-default"):
-        return hgpso.HGPSO(params, seed=seed, **hparams)
-    if name == "pso":
-        return hgpso.PSO(params, seed=seed, **hparams)
-    raise ValueError(f"unknown optimizer {name!r}")
+__all__ = ["DEFAULT_HPARAMS", "BenchModule", "library_default_hparams"]
 
 
 class BenchModule(pl.LightningModule):
@@ -109,17 +51,20 @@ class BenchModule(pl.LightningModule):
         seed: int = 0,
         chunk_size: int | None = None,
         steps_per_epoch: int = 1,
+        total_steps: int = 1,
     ) -> None:
         super().__init__()
         self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total_steps = max(1, total_steps)
+        self.spec = registry.optimizer_spec(optimizer_name)
         self.model = model
         self.optimizer_name = optimizer_name
         self.hparams_opt = dict(hparams)
         self.seed = seed
         self.chunk_size = chunk_size
         self.automatic_optimization = False
-        n = int(hparams.get("num_particles", 1))
-        self.fwd_per_step, self.bwd_per_step = passes_per_step(optimizer_name, n)
+        self.fwd_per_step, self.bwd_per_step = self.spec.passes(hparams)
+        self.bench_optimizer: Any = None  # what configure_optimizers built
         self.losses: list[float] = []
         self.curve: list[dict[str, float]] = []
         self.steps = 0
@@ -129,21 +74,34 @@ class BenchModule(pl.LightningModule):
         self.train_clock = Stopwatch()
         self.stalled_at: int | None = None
         self._eval = [0, 0, 0.0]  # correct, total, loss sum
+        self._eval_target: tuple[nn.Module] = (model,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def configure_optimizers(self):
-        return build_optimizer(
-            self.optimizer_name, self.model.parameters(), self.hparams_opt, self.seed
+        ctx = registry.BuildContext(self.seed, self.model, self.steps_per_epoch, self.total_steps)
+        self.bench_optimizer = registry.build_optimizer(
+            self.optimizer_name, self.model.parameters(), self.hparams_opt, ctx
         )
+        return self.bench_optimizer
+
+    def evaluated_model(self) -> nn.Module:
+        """The weights an evaluation scores: the model, or the optimizer's own readout (SWA's
+        averaged model; its BatchNorm update counts as evaluation forward passes)."""
+        readout = getattr(self.bench_optimizer, "evaluated_model", None)
+        if readout is None:
+            return self.model
+        model, passes = readout(self.trainer.datamodule.train_dataloader)
+        self.eval_forward_passes += passes
+        return model
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         opt = self.optimizers()
         self.train_clock.start()
-        if self.optimizer_name in ("sgd", "adam"):
+        if not self.spec.swarm:
             opt.zero_grad()
             loss = F.cross_entropy(self.model(x), y)
             self.manual_backward(loss)
@@ -169,10 +127,12 @@ class BenchModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:
         self._eval = [0, 0, 0.0]
+        # a tuple: a module attribute would register the model as a submodule
+        self._eval_target = (self.evaluated_model().eval(),)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
+        logits = self._eval_target[0](x)
         correct, total = accuracy(logits, y)
         self._eval[0] += correct
         self._eval[1] += total
@@ -200,12 +160,13 @@ class BenchModule(pl.LightningModule):
     def dataset_loss(self, loader) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the current weights over ``loader``."""
         was_training = self.model.training
-        self.model.eval()
+        model = self.evaluated_model()
+        model.eval()
         correct = total = 0
         loss_sum = 0.0
         for x, y in loader:
             x, y = x.to(self.device), y.to(self.device)
-            logits = self.model(x)
+            logits = model(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             c, t = accuracy(logits, y)
             correct += c

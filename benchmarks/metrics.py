@@ -1,20 +1,6 @@
 """Metric computations of the training benchmark (pure functions, unit-tested by hand).
 
-Compute accounting ("passes"): one *forward pass* is one forward evaluation of the model on one
-mini-batch, one *backward pass* one gradient computation on one mini-batch. Per optimizer step:
-
-=========  ==================  ===================
-optimizer  forward passes      backward passes
-=========  ==================  ===================
-sgd, adam  1                   1
-hgpso      N (particles)       N
-(also ``hgpso-default``, HG-PSO with the library's defaults)
-pso        N (particles)       0
-=========  ==================  ===================
-
-``forward_backward_passes`` is their sum, the quantity the equal-budget comparison matches.
-Evaluation passes (test accuracy, final training loss) are counted separately and never
-included in the training budget.
+The compute accounting (passes per step of each optimizer) is in ``benchmarks.registry``.
 """
 
 from __future__ import annotations
@@ -27,20 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
-OPTIMIZERS = ("sgd", "adam", "pso", "hgpso", "hgpso-default")
-SWARM_OPTIMIZERS = ("pso", "hgpso", "hgpso-default")
-
-
-def passes_per_step(optimizer: str, num_particles: int = 1) -> tuple[int, int]:
-    """``(forward, backward)`` mini-batch passes one step of ``optimizer`` costs."""
-    if optimizer in ("sgd", "adam"):
-        return 1, 1
-    if optimizer in ("hgpso", "hgpso-default"):
-        return num_particles, num_particles
-    if optimizer == "pso":
-        return num_particles, 0
-    raise ValueError(f"unknown optimizer {optimizer!r}")
 
 
 def trailing_mean(values: Sequence[float], window: int) -> list[float]:

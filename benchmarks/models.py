@@ -1,5 +1,5 @@
-"""Models of the training benchmark, one per dataset (the paper does not give sizes; ours are
-documented in docs/guides/benchmarks.md, "Models").
+"""Models of the training benchmark, one per dataset (``benchmarks.registry`` says which; the
+paper does not give sizes; ours are documented in docs/guides/benchmarks.md, "Models").
 
 * :class:`FashionCNN` - two 3x3 conv layers (16 and 32 channels, ReLU, 2x2 max-pool each), a
   128-unit hidden layer and a 10-way output: 206,922 parameters on 1x28x28 inputs.
@@ -98,19 +98,6 @@ def resnet18_64(num_classes: int = 200, norm: str = "group") -> nn.Module:
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
-
-
-def build_model(dataset: str, num_classes: int, in_channels: int, norm: str = "group") -> nn.Module:
-    """The benchmark's model for ``dataset`` (construct under a fixed seed for equal inits)."""
-    if dataset == "fashion-mnist":
-        return FashionCNN(num_classes, in_channels)
-    if dataset == "svhn":
-        return SVHNCNN(num_classes, in_channels)
-    if dataset == "tiny-imagenet":
-        return resnet18_64(num_classes, norm=norm)
-    if dataset == "digits":
-        return DigitsCNN(num_classes, in_channels)
-    raise ValueError(f"no model for dataset {dataset!r}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 import hgpso
 from benchmarks import cli_types as cli
-from benchmarks.datasets import FASHION_HOWTO, ArraySplits, DatasetError, load_dataset
+from benchmarks.datasets import FASHION_HOWTO, ArraySplits, DatasetError
 from benchmarks.models import DigitsCNN, FashionCNN
+from benchmarks.registry import load_dataset
 
 EPOCHS = {"fashion-mnist": 2, "digits": 20}  # digits: 1,348 images, 11 steps per epoch
 # What the default command printed here (test accuracy, CPU, torch 2.14.1, seed 0), so a

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.metrics import OPTIMIZERS, format_cpus, mean_std, trailing_mean, value_at_budget
+from benchmarks.metrics import format_cpus, mean_std, trailing_mean, value_at_budget
+from benchmarks.registry import OPTIMIZERS, color, label, optimizer_spec
 
 # The paper's Tables 1-3 (iterations to a loss threshold, test accuracy %, final loss).
 PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
@@ -29,23 +30,6 @@ PAPER_CLAIMS: dict[str, dict[str, dict[str, float]]] = {
         "loss": {"sgd": 1.02, "adam": 0.91, "pso": 1.30, "hgpso": 0.85},
     },
 }
-# the paper's row each optimizer is compared with (both HG-PSO variants with its HG-PSO)
-PAPER_ROW = {"hgpso-default": "hgpso"}
-LABELS = {
-    "sgd": "SGD",
-    "adam": "Adam",
-    "pso": "PSO",
-    "hgpso": "HG-PSO (tuned)",
-    "hgpso-default": "HG-PSO (library defaults)",
-}
-COLORS = {
-    "sgd": "tab:blue",
-    "adam": "tab:orange",
-    "pso": "tab:green",
-    "hgpso": "tab:red",
-    "hgpso-default": "tab:purple",
-}
-
 CSV_FIELDS = [
     "optimizer",
     "seed",
@@ -341,7 +325,7 @@ def _fmt(m: float | None, s: float | None = None, digits: int = 2, scale: float 
 
 
 def _claim(dataset: str, table: str, o: str) -> float | None:
-    return PAPER_CLAIMS.get(dataset, {}).get(table, {}).get(PAPER_ROW.get(o, o))
+    return PAPER_CLAIMS.get(dataset, {}).get(table, {}).get(optimizer_spec(o).paper_row or o)
 
 
 def _paper(dataset: str, table: str, o: str) -> str:
@@ -437,7 +421,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for o, v in opts.items():
         lines.append(
-            f"| {LABELS[o]} | {_fmt(v['steps_to_threshold_mean'], v['steps_to_threshold_std'], 0)}"
+            f"| {label(o)} | {_fmt(v['steps_to_threshold_mean'], v['steps_to_threshold_std'], 0)}"
             f" | {v['steps_to_threshold_reached']} | {_fmt(v['passes_to_threshold_mean'], None, 0)}"
             f" | {_paper(ds, 'steps', o)} |"
         )
@@ -450,7 +434,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for o, v in opts.items():
         lines.append(
-            f"| {LABELS[o]} | {_fmt(v['test_accuracy_mean'], v['test_accuracy_std'], 2, 100)}"
+            f"| {label(o)} | {_fmt(v['test_accuracy_mean'], v['test_accuracy_std'], 2, 100)}"
             f" | {_paper(ds, 'accuracy', o)} |"
         )
     lines += [
@@ -470,7 +454,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     for o, v in opts.items():
         lines.append(
-            f"| {LABELS[o]} | {_fmt(v['final_loss_mean'], v['final_loss_std'], 4)}"
+            f"| {label(o)} | {_fmt(v['final_loss_mean'], v['final_loss_std'], 4)}"
             f" | {_paper(ds, 'loss', o)} |"
         )
     lines += [
@@ -490,13 +474,13 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         hp = ", ".join(f"{k}={val}" for k, val in v["hparams"].items())
         mem = v["peak_cuda_allocated_mib_mean"] or v["peak_memory_growth_mib_mean"]
         lines.append(
-            f"| {LABELS[o]} | {hp} | {_fmt(v['forward_passes'], None, 0)} | "
+            f"| {label(o)} | {hp} | {_fmt(v['forward_passes'], None, 0)} | "
             f"{_fmt(v['backward_passes'], None, 0)} | "
             f"{_fmt(v['wall_seconds_mean'], v['wall_seconds_std'], 1)} | {_fmt(mem, None, 1)} |"
         )
     eb = summary.get("equal_budget")
     if eb:
-        ref = LABELS[eb["reference"]]
+        ref = label(eb["reference"])
         lines += [
             "",
             "## Equal compute budget",
@@ -513,13 +497,13 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         for o in opts:
             p = eb["passes_to_reference_accuracy"][o]
             lines.append(
-                f"| {LABELS[o]} | "
+                f"| {label(o)} | "
                 f"{_fmt(eb['accuracy_at_budget'][o], eb['accuracy_at_budget_std'][o], 2, 100)}"
                 f" | {_fmt(p['mean'], None, 0)} | {p['reached']} |"
             )
     et = summary.get("equal_time")
     if et:
-        ref = LABELS[et["reference"]]
+        ref = label(et["reference"])
         lines += [
             "",
             "## Equal training time",
@@ -534,7 +518,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         ]
         for o in opts:
             lines.append(
-                f"| {LABELS[o]} | {_fmt(et['training_seconds_mean'][o], None, 1)} | "
+                f"| {label(o)} | {_fmt(et['training_seconds_mean'][o], None, 1)} | "
                 f"{_fmt(et['accuracy_at_budget'][o], et['accuracy_at_budget_std'][o], 2, 100)} |"
             )
     pe = summary.get("per_epoch_accuracy") or {}
@@ -544,7 +528,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             "",
             f"## {acc_name} after each evaluation (%)",
             "",
-            "| Epoch | " + " | ".join(LABELS[o] for o in pe) + " |",
+            "| Epoch | " + " | ".join(label(o) for o in pe) + " |",
             "|---" * (len(pe) + 1) + "|",
         ]
         for e in epochs:
@@ -587,7 +571,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 )
             ]
             lines.append(
-                f"| {LABELS[o]} | " + " | ".join(cells) + f" | {_paper(ds, 'accuracy', o)} |"
+                f"| {label(o)} | " + " | ".join(cells) + f" | {_paper(ds, 'accuracy', o)} |"
             )
     lines += [
         "",
@@ -633,8 +617,8 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
         smooth = trailing_mean(mean, window)
         steps = list(range(1, n + 1))
         per = rs[0]["forward_backward_passes"] / max(1, rs[0]["steps"])
-        axes[0].plot(steps, smooth, label=LABELS[o], color=COLORS[o])
-        axes[1].plot([s * per for s in steps], smooth, label=LABELS[o], color=COLORS[o])
+        axes[0].plot(steps, smooth, label=label(o), color=color(o))
+        axes[1].plot([s * per for s in steps], smooth, label=label(o), color=color(o))
     thr = summary.get("threshold")
     for ax, xl in zip(axes, ("optimizer step", "forward+backward passes"), strict=True):
         if thr is not None:
@@ -656,15 +640,15 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
     for i, o in enumerate(opts):
         v = summary["optimizers"][o]
         m, s = (v["test_accuracy_mean"] or 0) * 100, (v["test_accuracy_std"] or 0) * 100
-        ax.bar(i - 0.18, m, 0.36, yerr=s, color=COLORS[o], capsize=4, label=None)
+        ax.bar(i - 0.18, m, 0.36, yerr=s, color=color(o), capsize=4, label=None)
         ax.text(i - 0.18, m + s + 0.5, f"{m:.1f}", ha="center", fontsize=8)
         seeds = [r["test_accuracy"] * 100 for r in runs if r["optimizer"] == o]
         ax.scatter([i - 0.18] * len(seeds), seeds, color="black", s=10, zorder=3)
         claim = _claim(ds, "accuracy", o)
         if claim is not None:
-            ax.bar(i + 0.18, claim, 0.36, color=COLORS[o], alpha=0.35, hatch="//")
+            ax.bar(i + 0.18, claim, 0.36, color=color(o), alpha=0.35, hatch="//")
             ax.text(i + 0.18, claim + 0.5, f"{claim:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(list(xs), [LABELS[o] for o in opts])
+    ax.set_xticks(list(xs), [label(o) for o in opts])
     ax.set_ylabel(f"{summary.get('eval_split', 'test')} accuracy (%)")
     ax.set_title(f"{ds}: measured (solid, dots = seeds) vs paper claim (hatched)")
     ax.set_ylim(0, 105)
@@ -685,9 +669,9 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
                 pooled += [v for v in r["losses"][-k:] if math.isfinite(v)]
         data.append(pooled or [float("nan")])
     bp = ax.boxplot(data, patch_artist=True, showfliers=False)
-    ax.set_xticks(range(1, len(opts) + 1), [LABELS[o] for o in opts])
+    ax.set_xticks(range(1, len(opts) + 1), [label(o) for o in opts])
     for patch, o in zip(bp["boxes"], opts, strict=True):
-        patch.set_facecolor(COLORS[o])
+        patch.set_facecolor(color(o))
         patch.set_alpha(0.5)
     for i, o in enumerate(opts, start=1):
         finals = [r["final_train_loss"] for r in runs if r["optimizer"] == o]
@@ -709,9 +693,9 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
                     *zip(*pts, strict=True),
                     marker="o",
                     ms=3,
-                    color=COLORS[o],
+                    color=color(o),
                     alpha=0.8,
-                    label=LABELS[o] if j == 0 else None,
+                    label=label(o) if j == 0 else None,
                 )
     eb = summary.get("equal_budget")
     if eb:
@@ -720,7 +704,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
             color="gray",
             ls="--",
             lw=1,
-            label=f"{LABELS[eb['reference']]} budget",
+            label=f"{label(eb['reference'])} budget",
         )
     ax.set_xscale("log")
     ax.set_xlabel("training forward+backward passes")
@@ -743,7 +727,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
             if not pts:
                 continue
             ys.setdefault(o, []).extend(a for _, a in pts)
-            ax.plot(*zip(*pts, strict=True), color=COLORS[o], alpha=0.3, lw=1)
+            ax.plot(*zip(*pts, strict=True), color=color(o), alpha=0.3, lw=1)
         rows = summary.get("per_epoch_accuracy", {}).get(o) or []
         if rows:
             finals[o] = rows[-1]["accuracy_mean"] * 100
@@ -753,8 +737,8 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
                 marker="o",
                 ms=4,
                 lw=2,
-                color=COLORS[o],
-                label=f"{LABELS[o]} (mean of {rows[-1]['runs']})",
+                color=color(o),
+                label=f"{label(o)} (mean of {rows[-1]['runs']})",
             )
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{split} accuracy (%)")
@@ -777,9 +761,9 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
                 *zip(*pts, strict=True),
                 marker="o",
                 ms=3,
-                color=COLORS[o],
+                color=color(o),
                 alpha=0.8,
-                label=LABELS[o] if j == 0 else None,
+                label=label(o) if j == 0 else None,
             )
     et = summary.get("equal_time")
     if et:
@@ -788,7 +772,7 @@ def plot_figures(runs: list[dict[str, Any]], summary: dict[str, Any], fig_dir: P
             color="gray",
             ls="--",
             lw=1,
-            label=f"{LABELS[et['reference']]} time",
+            label=f"{label(et['reference'])} time",
         )
     ax.set_xscale("log")
     ax.set_xlabel("training seconds (inside optimizer steps)")
@@ -814,7 +798,7 @@ def _zoom_past_outliers(ax: Any, finals: dict[str, float], ys: dict[str, list[fl
     if not left_out or not shown:
         return
     ax.set_ylim(min(shown) - 1, max(shown) + 0.5)
-    note = "; ".join(f"{LABELS[o]} ends at {finals[o]:.1f}%, below the axis" for o in left_out)
+    note = "; ".join(f"{label(o)} ends at {finals[o]:.1f}%, below the axis" for o in left_out)
     ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize=8, color="gray", va="bottom")
 
 

@@ -1,4 +1,5 @@
-"""Training benchmark: SGD, Adam, PSO and HG-PSO on Fashion-MNIST, SVHN, Tiny ImageNet, digits.
+"""Training benchmark: SGD, Adam, AdamW, SWA, Lookahead, PSO and HG-PSO on Fashion-MNIST, SVHN,
+Tiny ImageNet and digits.
 
 Usage (see docs/guides/benchmarks.md)::
 
@@ -13,9 +14,11 @@ for every optimizer), through a Lightning ``Trainer``. Each finished run is writ
 files (summary.json, runs.csv, report.md, figures/) are refreshed; rerunning the same command
 skips runs whose JSON exists with the same configuration.
 
-Optimizers: ``sgd``, ``adam``, ``pso``, ``hgpso`` (HG-PSO with the tuned settings of
-``benchmarks.lit.DEFAULT_HPARAMS``) and ``hgpso-default`` (HG-PSO with ``hgpso.HGPSO``'s own
-defaults, 4 particles like the tuned entry).
+Optimizers: those of ``benchmarks.registry.OPTIMIZER_SPECS`` - ``sgd``, ``adam``, ``adamw``,
+``swa`` (SGD with ``torch.optim.swa_utils`` over the last quarter of the run, evaluated on the
+averaged model), ``lookahead`` (k=5, alpha=0.5 around Adam), ``pso``, ``hgpso`` (HG-PSO with the
+tuned settings), ``hgpso-default`` (HG-PSO with ``hgpso.HGPSO``'s own defaults, 4 particles like
+the tuned entry) and ``hgpso-adam`` (the same with ``gradient="adam"`` at Adam's rate).
 """
 
 from __future__ import annotations
@@ -34,40 +37,24 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cli_types as cli
-from benchmarks.datasets import DATA_MODULES, DATASETS, DatasetError
-from benchmarks.lit import DEFAULT_HPARAMS
-from benchmarks.metrics import OPTIMIZERS, machine_load
-
-# loss thresholds of Table 1 (trailing-mean training loss), per dataset
-DEFAULT_THRESHOLD = {"fashion-mnist": 0.4, "svhn": 0.5, "tiny-imagenet": 3.0, "digits": 0.3}
-MODEL_NAMES = {
-    "fashion-mnist": "FashionCNN (2 conv + 2 FC)",
-    "svhn": "SVHNCNN (3 conv + 2 FC)",
-    "tiny-imagenet": "ResNet-18 for 64x64",
-    "digits": "DigitsCNN (1 conv + 2 FC)",
-}
-
-
-# each hyperparameter's range, as the optimizers check it (so the parser refuses what the
-# optimizer would only refuse after the data has loaded)
-_HP_TYPES = {
-    "lr": cli.positive_float,
-    "momentum": cli.nonneg_float,
-    "num_particles": cli.positive_int,
-    "inertia": cli.nonneg_float,
-    "cognitive": cli.nonneg_float,
-    "social": cli.nonneg_float,
-    "max_velocity": cli.none_or_positive_float,
-    "init_spread": cli.nonneg_float,
-    "forget": cli.unit_interval,
-    "adaptive": cli.boolean,
-}
+from benchmarks.datasets import DatasetError
+from benchmarks.metrics import machine_load
+from benchmarks.registry import (
+    DATASET_SPECS,
+    DATASETS,
+    DEFAULT_HPARAMS,
+    HPARAM_TYPES,
+    OPTIMIZERS,
+    data_module,
+    recorded_hparams,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="hgpso-train",
-        description="Train the same model with SGD, Adam, PSO and HG-PSO and compare them "
+        description="Train the same model with SGD, Adam, AdamW, SWA, Lookahead, PSO and HG-PSO "
+        "and compare them "
         "(steps to a loss threshold, test accuracy, final loss, compute, memory).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -103,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.positive_float,
         default=None,
         help="training-loss threshold for steps-to-threshold (default per dataset: "
-        + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLD.items())
+        + ", ".join(f"{k} {v.threshold}" for k, v in DATASET_SPECS.items())
         + ")",
     )
     p.add_argument(
@@ -185,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(
                 f"--{opt}-{key.replace('_', '-')}",
                 dest=f"{opt}__{key}",
-                type=_HP_TYPES[key],
+                type=HPARAM_TYPES[key],
                 default=default,
                 metavar=key.upper(),
             )
@@ -194,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def hparams_from_args(args: argparse.Namespace, optimizer: str) -> dict[str, Any]:
     return {k: getattr(args, f"{optimizer}__{k}") for k in DEFAULT_HPARAMS[optimizer]}
+
+
+def set_hparam(args: argparse.Namespace, optimizer: str, key: str, value: Any) -> None:
+    """Set ``optimizer``'s hyperparameter ``key`` in parsed ``args`` (as ``--<opt>-<key>``)."""
+    if key not in DEFAULT_HPARAMS[optimizer]:
+        raise KeyError(f"{optimizer} has no hyperparameter {key!r}")
+    setattr(args, f"{optimizer}__{key}", value)
 
 
 def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str, Any]:
@@ -212,7 +206,7 @@ def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str,
         "final_loss_examples": args.final_loss_examples,
         "norm": args.norm if args.dataset == "tiny-imagenet" else None,
         "device": args.device,
-        "hparams": hparams_from_args(args, optimizer),
+        "hparams": recorded_hparams(optimizer, hparams_from_args(args, optimizer)),
     }
     if args.label_noise > 0:  # absent for clean runs: their configs stay as they always were
         config["label_noise"] = {
@@ -295,11 +289,11 @@ def noise_fit(module, dm, max_examples: int | None) -> dict[str, Any]:
     mask = dm.train_noise_mask[idx]
     preds = []
     was_training = module.model.training
-    module.model.eval()
+    model = module.evaluated_model().eval()
     with torch.no_grad():
         for chunk in idx.split(dm.eval_batch_size):
             x, _ = dm.train_set._batch(chunk)
-            preds.append(module.model(x.to(module.device)).argmax(dim=1).cpu())
+            preds.append(model(x.to(module.device)).argmax(dim=1).cpu())
     module.model.train(was_training)
     pred = torch.cat(preds)
     n_bad = int(mask.sum())
@@ -322,15 +316,17 @@ def train_one(
 
     from benchmarks.lit import BenchModule
     from benchmarks.metrics import PeakMemory, Stopwatch, steps_to_threshold
-    from benchmarks.models import build_model, count_parameters
+    from benchmarks.models import count_parameters
+    from benchmarks.registry import build_model
 
     machine_start = machine_load()
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.manual_seed(seed)
     model = build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
-    hparams = config["hparams"]
+    hparams = hparams_from_args(args, optimizer)
     dm.seed = seed
     steps_per_epoch = dm.steps_per_epoch
+    max_steps = max(1, round(args.epochs * steps_per_epoch))
     module = BenchModule(
         model,
         optimizer,
@@ -338,8 +334,8 @@ def train_one(
         seed=seed,
         chunk_size=args.chunk_size,
         steps_per_epoch=steps_per_epoch,
+        total_steps=max_steps,
     )
-    max_steps = max(1, round(args.epochs * steps_per_epoch))
     max_epochs = -(-max_steps // steps_per_epoch)
     evals = max(1, round(args.evals_per_epoch))
     val_interval = max(1, steps_per_epoch // evals)
@@ -408,7 +404,7 @@ def train_one(
         "optimizer": optimizer,
         "seed": seed,
         "config": config,
-        "hparams": hparams,
+        "hparams": config["hparams"],
         "eval_split": "holdout" if args.holdout else "test",
         "test_accuracy": module.curve[-1]["eval_accuracy"],
         "test_loss": module.curve[-1]["eval_loss"],
@@ -582,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.require_writable_dir(parser, out, "--out")  # the default too, before any data loads
     _quiet_lightning()
     if args.threshold is None:
-        args.threshold = DEFAULT_THRESHOLD[args.dataset]
+        args.threshold = DATASET_SPECS[args.dataset].threshold
     runs_dir = out / "runs"
 
     import torch
@@ -590,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    dm = DATA_MODULES[args.dataset](
+    dm = data_module(
+        args.dataset,
         data_root=args.data_root,
         batch_size=args.batch_size,
         holdout=args.holdout,
@@ -607,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.window is None:
         args.window = max(1, dm.steps_per_epoch // 20)
 
-    from benchmarks.models import build_model, count_parameters
+    from benchmarks.models import count_parameters
+    from benchmarks.registry import build_model
     from benchmarks.report import write_outputs
 
     meta = {
@@ -618,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "hardware": _hardware(args.device),
         "software": _software(),
-        "model": MODEL_NAMES[args.dataset],
+        "model": DATASET_SPECS[args.dataset].model_name,
         "num_parameters": count_parameters(
             build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
         ),

@@ -208,11 +208,9 @@ def test_run_file_with_null_values_is_named_and_rerun(tmp_path, capsys):
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _NoData(dict):
-    """Stands in for DATA_MODULES: any data module asked for is a test failure."""
-
-    def __getitem__(self, key):
-        raise AssertionError(f"the {key} data module was built before the arguments were checked")
+def _no_data(name, **kwargs):
+    """Stands in for ``registry.data_module``: any data module asked for is a test failure."""
+    raise AssertionError(f"the {name} data module was built before the arguments were checked")
 
 
 @pytest.fixture
@@ -222,7 +220,7 @@ def refusal(tmp_path, monkeypatch, capsys):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(train, "DATA_MODULES", _NoData())
+    monkeypatch.setattr(train, "data_module", _no_data)
 
     def check(main, argv, prog, fragment):
         with pytest.raises(SystemExit) as e:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import datasets as D
+from benchmarks import registry
 
 
 def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
@@ -78,11 +79,11 @@ def test_fashion_mnist_data_root_never_falls_back_to_the_system_copy(tmp_path, m
 
 def test_load_dataset_says_where_the_data_came_from(tmp_path, capsys):
     make_fashion(tmp_path / "fm", n_train=9, n_test=4)
-    s = D.load_dataset("fashion-mnist", tmp_path / "fm", download=False)
+    s = registry.load_dataset("fashion-mnist", tmp_path / "fm", download=False)
     assert s.source == str(tmp_path / "fm")
     err = capsys.readouterr().err
     assert f"[data] fashion-mnist: 9 train / 4 test images from {tmp_path / 'fm'}" in err
-    D.load_dataset("digits")
+    registry.load_dataset("digits")
     err = capsys.readouterr().err
     assert "[data] digits: 1348 train / 449 test images from scikit-learn" in err
 
@@ -199,9 +200,9 @@ def _batches(dm):
 
 def test_datamodule_same_order_per_seed_and_disjoint_holdout():
     splits = D.load_digits_splits()
-    a = D.DigitsDataModule(batch_size=64, seed=3, splits=splits)
-    b = D.DigitsDataModule(batch_size=64, seed=3, splits=splits)
-    c = D.DigitsDataModule(batch_size=64, seed=4, splits=splits)
+    a = D.ArrayDataModule(batch_size=64, seed=3, splits=splits)
+    b = D.ArrayDataModule(batch_size=64, seed=3, splits=splits)
+    c = D.ArrayDataModule(batch_size=64, seed=4, splits=splits)
     for dm in (a, b, c):
         dm.setup()
     assert _batches(a) == _batches(b)
@@ -210,7 +211,7 @@ def test_datamodule_same_order_per_seed_and_disjoint_holdout():
     x, _y = next(iter(a.train_dataloader()))
     assert x.dtype == torch.float32 and x.shape == (64, 1, 8, 8)
     assert abs(float(x.mean())) < 0.5  # normalised
-    h = D.DigitsDataModule(batch_size=64, seed=3, holdout=0.2, splits=splits)
+    h = D.ArrayDataModule(batch_size=64, seed=3, holdout=0.2, splits=splits)
     h.setup()
     train_idx, hold_idx = D.holdout_split(len(splits.train_y), 0.2)
     assert len(set(train_idx.tolist()) & set(hold_idx.tolist())) == 0

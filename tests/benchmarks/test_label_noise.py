@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from benchmarks import datasets as D
+from benchmarks import registry
 from benchmarks.train import main
 
 K = 10
@@ -65,13 +66,15 @@ def test_zero_noise_is_the_identity_and_bad_fractions_are_refused():
         with pytest.raises(ValueError, match="fraction"):
             D.symmetric_label_noise(clean, K, bad)
     with pytest.raises(ValueError, match="label_noise"):
-        D.DigitsDataModule(label_noise=2.0)
+        registry.data_module("digits", label_noise=2.0)
 
 
 @pytest.mark.parametrize("holdout", [0.0, 0.2])
 def test_data_module_corrupts_training_labels_only(holdout):
-    clean = D.DigitsDataModule(holdout=holdout, seed=0)
-    noisy = D.DigitsDataModule(holdout=holdout, seed=0, label_noise=0.4, label_noise_seed=0)
+    clean = registry.data_module("digits", holdout=holdout, seed=0)
+    noisy = registry.data_module(
+        "digits", holdout=holdout, seed=0, label_noise=0.4, label_noise_seed=0
+    )
     clean.setup()
     noisy.setup()
     n = len(clean.train_set)

@@ -11,11 +11,11 @@ from benchmarks.metrics import (
     PeakMemory,
     accuracy,
     mean_std,
-    passes_per_step,
     steps_to_threshold,
     trailing_mean,
     value_at_budget,
 )
+from benchmarks.registry import passes_per_step
 from benchmarks.report import equal_budget, summarize
 
 
@@ -62,10 +62,13 @@ def test_value_at_budget_is_last_point_within_budget():
 
 def test_passes_per_step():
     assert passes_per_step("sgd") == (1, 1)
-    assert passes_per_step("adam", 8) == (1, 1)
-    assert passes_per_step("hgpso", 8) == (8, 8)
-    assert passes_per_step("pso", 16) == (16, 0)
-    with pytest.raises(ValueError):
+    assert passes_per_step("adam", {"num_particles": 8}) == (1, 1)
+    for one in ("adamw", "swa", "lookahead"):
+        assert passes_per_step(one, {"lr": 0.1}) == (1, 1)
+    for swarm in ("hgpso", "hgpso-default", "hgpso-adam"):
+        assert passes_per_step(swarm, {"num_particles": 8}) == (8, 8)
+    assert passes_per_step("pso", {"num_particles": 16}) == (16, 0)
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
         passes_per_step("lbfgs")
 
 

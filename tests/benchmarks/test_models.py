@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import hgpso
-from benchmarks.models import build_model, count_parameters
+from benchmarks.models import count_parameters
+from benchmarks.registry import build_model
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hgpso
-from benchmarks import lit
+from benchmarks import lit, registry
 from benchmarks.report import (
     curve_seconds,
     equal_time,
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_library_defaults_come_from_the_signature_with_four_particles():
     hp = lit.DEFAULT_HPARAMS["hgpso-default"]
-    assert set(hp) == set(lit.DEFAULT_HPARAMS["hgpso"])
+    assert set(hp) == {*lit.DEFAULT_HPARAMS["hgpso"], "readout"}
     assert (
         hp["num_particles"]
         == 4
@@ -36,7 +36,9 @@ def test_library_defaults_come_from_the_signature_with_four_particles():
     # the optimizer built from the entry is HGPSO() as a user gets it, bar the swarm size
     torch.manual_seed(0)
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    built = lit.build_optimizer("hgpso-default", a.parameters(), hp, seed=0)
+    built = registry.build_optimizer(
+        "hgpso-default", a.parameters(), hp, registry.BuildContext(seed=0)
+    )
     plain = hgpso.HGPSO(b.parameters(), num_particles=4, seed=0)
     strip = [{k: v for k, v in g.items() if k != "params"} for g in built.param_groups]
     assert strip == [{k: v for k, v in g.items() if k != "params"} for g in plain.param_groups]
@@ -105,6 +107,13 @@ def test_cli_flags_for_the_variant():
     hp = hparams_from_args(args, "hgpso-default")
     assert hp == {**lit.DEFAULT_HPARAMS["hgpso-default"], "num_particles": 2, "lr": 0.03}
     assert hparams_from_args(args, "hgpso") == lit.DEFAULT_HPARAMS["hgpso"]  # untouched
+    # the readout: recorded only where it differs from the committed runs' gbest
+    args.threshold, args.window = 0.3, 1
+    assert "readout" not in run_config(args, "hgpso-default", 0)["hparams"]
+    mean = build_parser().parse_args(["--hgpso-default-readout", "mean"])
+    mean.threshold, mean.window = 0.3, 1
+    assert run_config(mean, "hgpso-default", 0)["hparams"]["readout"] == "mean"
+    assert run_config(mean, "hgpso-adam", 0)["hparams"]["readout"] == "gbest"  # always recorded
 
 
 def test_digits_run_with_both_variants(tmp_path, capsys):
@@ -119,7 +128,9 @@ def test_digits_run_with_both_variants(tmp_path, capsys):
     steps = default["steps"]
     assert (default["forward_passes"], default["backward_passes"]) == (2 * steps, 2 * steps)
     assert default["forward_backward_passes"] == tuned["forward_backward_passes"]
-    assert default["hparams"] == {**lit.DEFAULT_HPARAMS["hgpso-default"], "num_particles": 2}
+    # the readout at its value of the committed runs is left out of the record (they are reused)
+    library = {k: v for k, v in lit.DEFAULT_HPARAMS["hgpso-default"].items() if k != "readout"}
+    assert default["hparams"] == {**library, "num_particles": 2}
     assert default["config"]["optimizer"] == "hgpso-default"
     # same seed, same swarm size and spread: the same first particles on the same first batch
     assert default["losses"][0] == pytest.approx(tuned["losses"][0], abs=1e-6)
