@@ -92,7 +92,7 @@ class BenchModule(pl.LightningModule):
         readout = getattr(self.bench_optimizer, "evaluated_model", None)
         if readout is None:
             return self.model
-        model, passes = readout(self.trainer.datamodule.train_dataloader)
+        model, passes = readout(lambda: self.trainer.datamodule.train_dataloader())
         self.eval_forward_passes += passes
         return model
 
