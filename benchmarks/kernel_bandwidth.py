@@ -41,7 +41,6 @@ End to end: the time of one ``HGPSO.step`` (vectorized closure) on the Fashion-M
 from __future__ import annotations
 
 import gc
-import json
 import math
 import platform
 import statistics
@@ -53,6 +52,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 from hgpso import HGPSO, kernels, vectorized_closure
 from hgpso import functional as Fn
 
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**info, "sizes": rows, "end_to_end": e2e}, indent=2) + "\n")
+        write_json(out, {**info, "sizes": rows, "end_to_end": e2e}, indent=2)
         print(f"wrote {out}")
     return 0
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from benchmarks.atomic import write_json, write_text
 from benchmarks.metrics import format_cpus, mean_std, trailing_mean, value_at_budget
 from benchmarks.registry import OPTIMIZERS, color, label, optimizer_spec
 
@@ -307,13 +307,14 @@ def timing_conditions(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_csv(runs: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in sorted(runs, key=lambda r: (OPTIMIZERS.index(r["optimizer"]), r["seed"])):
-            row = {k: r.get(k) for k in CSV_FIELDS}
-            row.update({k: r["memory"].get(k) for k in CSV_FIELDS if k in r["memory"]})
-            w.writerow(row)
+    fh = io.StringIO(newline="")
+    w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in sorted(runs, key=lambda r: (OPTIMIZERS.index(r["optimizer"]), r["seed"])):
+        row = {k: r.get(k) for k in CSV_FIELDS}
+        row.update({k: r["memory"].get(k) for k in CSV_FIELDS if k in r["memory"]})
+        w.writerow(row)
+    write_text(path, fh.getvalue())
 
 
 def _fmt(m: float | None, s: float | None = None, digits: int = 2, scale: float = 1.0) -> str:
@@ -817,15 +818,9 @@ def write_outputs(
     commands = sorted({str(r["command"]) for r in runs if r.get("command")})
     meta = {**meta, "run_commands": commands or [meta.get("command", "")]}
     summary = summarize(runs, meta)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     write_csv(runs, out / "runs.csv")
-    _atomic_write(out / "report.md", render_markdown(summary, meta))
+    write_text(out / "report.md", render_markdown(summary, meta))
     if figures:
         plot_figures(runs, summary, out / "figures")
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # parallel shards never clash
-    tmp.write_text(text)
-    tmp.replace(path)

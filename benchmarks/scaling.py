@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 import hgpso
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 from benchmarks.models import FashionCNN
 
 MODES = ("replicated", "independent", "sharded")
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result, indent=2)
     return result
 
 

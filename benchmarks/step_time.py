@@ -33,7 +33,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import statistics
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 
 import hgpso
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 from benchmarks.models import FashionCNN
 
 
@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_memory:
         _memory_table(devices, args.particles, args.batch_size, results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results, indent=2)
     return results
 
 

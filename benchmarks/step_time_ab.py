@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("adam_ms", "closure_ms", "vec_loop_ms", "vec_vmap_ms")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     result = {"before": args.before, "after": args.after, "rounds": args.rounds, "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result, indent=2)
     return result
 
 

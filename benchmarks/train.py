@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 from benchmarks.datasets import DatasetError
 from benchmarks.metrics import machine_load
 from benchmarks.registry import (
@@ -661,9 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_postfix_str(f"{o} seed {s}")
         record = train_one(args, dm, o, s, config)
         record["command"] = meta["command"]  # the command that produced this run
-        tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        tmp.replace(path)
+        write_json(path, record)
         runs.append(record)
         print(
             f"done {o} seed {s}: accuracy {record['test_accuracy']:.4f}, final loss "

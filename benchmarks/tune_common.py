@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.atomic import write_json
 from hgpso.tune import (
     LLMClient,
     SearchSpace,
@@ -137,15 +138,13 @@ def summarize(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
             "wall_seconds_median": round(float(np.median([r["wall_seconds"] for r in runs])), 2),
             "wall_seconds_total": round(sum(r["wall_seconds"] for r in runs), 1),
         }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     return summary
 
 
 def _save(f: Path, out: dict[str, Any]) -> None:
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out) + "\n")
-    tmp.replace(f)  # a run interrupted mid-write leaves no half file behind
+    write_json(f, out)
 
 
 def run_suite(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks import cli_types as cli
+from benchmarks.atomic import write_json
 from benchmarks.tune_common import add_common_args, run_suite
 from hgpso.tune import Float, SearchSpace, strategy_class
 
@@ -203,7 +204,7 @@ def run_callback(args) -> dict:
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"callback_{args.cb_strategy}.json").write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out / f"callback_{args.cb_strategy}.json", out, indent=1)
     return out
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.atomic import write_json
 from hgpso.tune import Float, LLMClient, SearchSpace, make_strategy, minimize
 
 try:  # run as a script (python benchmarks/tune_rastrigin.py) or as a module
@@ -188,7 +189,7 @@ def summarize(out: Path) -> dict:
             entry["reduction_vs_pso"] = (
                 round(1.0 - m / pso, 3) if (pso and m is not None and name != "pso") else None
             )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     plot(out, curves, summary)
     return summary
 
