@@ -484,7 +484,7 @@ def _bad_fields(record: dict[str, Any]) -> list[str]:
     return bad
 
 
-def _load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+def load_finished(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The finished run in ``path`` if it is intact and has ``config``, else ``None``.
 
     A file that is unreadable, truncated, not a JSON object or missing fields is named in
@@ -572,21 +572,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = Path(args.out or Path("runs") / args.dataset)
-    cli.require_writable_dir(parser, out, "--out")  # the default too, before any data loads
+def prepare(args: argparse.Namespace):
+    """Quiet Lightning, set the thread count, load the data (``DatasetError`` if it is
+    missing) and fill the threshold and window that default per data set; returns the data
+    module every run of the invocation shares."""
+    import torch
+
     _quiet_lightning()
     if args.threshold is None:
         args.threshold = DATASET_SPECS[args.dataset].threshold
-    runs_dir = out / "runs"
-
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
-
     dm = data_module(
         args.dataset,
         data_root=args.data_root,
@@ -597,13 +593,25 @@ def main(argv: list[str] | None = None) -> int:
         label_noise=args.label_noise,
         label_noise_seed=args.label_noise_seed,
     )
+    dm.setup()
+    if args.window is None:
+        args.window = max(1, dm.steps_per_epoch // 20)
+    return dm
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out or Path("runs") / args.dataset)
+    cli.require_writable_dir(parser, out, "--out")  # the default too, before any data loads
+    runs_dir = out / "runs"
     try:
-        dm.setup()
+        dm = prepare(args)
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.window is None:
-        args.window = max(1, dm.steps_per_epoch // 20)
+
+    import torch
 
     from benchmarks.models import count_parameters
     from benchmarks.registry import build_model
@@ -638,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     for o, s in jobs:
         config = run_config(args, o, s)
         path = runs_dir / f"{run_key(args, o, s)}.json"
-        done = None if args.force else _load_finished(path, config)
+        done = None if args.force else load_finished(path, config)
         if done is not None:
             print(f"skip {o} seed {s}: finished run found in {path}")
             runs.append(done)
