@@ -308,7 +308,7 @@ def test_accuracy_figures_zoom_past_an_optimizer_that_does_not_train():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.report import _zoom_past_outliers
+    from benchmarks.report.figures import _zoom_past_outliers
 
     fig, ax = plt.subplots()
     ax.plot([1, 2], [20.9, 20.9])
