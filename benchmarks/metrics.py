@@ -57,6 +57,31 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return m, math.sqrt(var), len(xs)
 
 
+def paired_difference(
+    a: dict[int, float | None], b: dict[int, float | None]
+) -> dict[str, Any] | None:
+    """Paired comparison of ``a`` with ``b`` over the keys (seeds) both have a finite value
+    for: the differences ``a[s] - b[s]``, their mean, its standard error (sample std / sqrt n;
+    ``None`` for one pair) and whether ``|mean| > 2 SE``. ``None`` if no seed pairs up."""
+    seeds = sorted(
+        s
+        for s in a.keys() & b.keys()
+        if a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])
+    )
+    if not seeds:
+        return None
+    diffs = [float(a[s]) - float(b[s]) for s in seeds]
+    mean, sd, n = mean_std(diffs)
+    se = sd / math.sqrt(n) if n > 1 and sd is not None else None
+    return {
+        "seeds": seeds,
+        "differences": diffs,
+        "mean_difference": mean,
+        "standard_error": se,
+        "beyond_2se": se is not None and abs(mean) > 2 * se,
+    }
+
+
 def value_at_budget(curve: Sequence[tuple[float, float]], budget: float) -> float | None:
     """The value of the last ``(passes, value)`` point with ``passes <= budget``.
 

@@ -77,6 +77,46 @@ def _timing_line(summary: dict[str, Any]) -> str:
     return text
 
 
+_PAIRED_VIEWS = {
+    "epochs": "equal epochs (final)",
+    "passes": "equal passes",
+    "seconds": "equal seconds",
+}
+
+
+def _paired_cell(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "n/a"
+    text = f"{100 * p['mean_difference']:+.2f}"
+    if p["standard_error"] is not None:
+        text += f" ± {100 * p['standard_error']:.2f}" + (" (> 2 SE)" if p["beyond_2se"] else "")
+    return text + f" [{len(p['seeds'])}]"
+
+
+def _paired_lines(paired: dict[str, Any] | None, split: str) -> list[str]:
+    if not paired:
+        return []
+    ref, views = label(paired["reference"]), paired["views"]
+    opts = list(next(iter(views.values())))
+    lines = [
+        "",
+        f"## Paired per-seed comparison with {ref}",
+        "",
+        f"{split.capitalize()} accuracy minus {ref}'s on the same seed (same initial weights "
+        "and batches), in points: mean difference ± its standard error (sample std of the "
+        "differences / sqrt(pairs)), (> 2 SE) where the mean is more than two standard "
+        "errors from zero, [pairs]. Equal passes and equal seconds read each run's curve at "
+        "the budgets of the two sections above.",
+        "",
+        "| Optimizer | " + " | ".join(_PAIRED_VIEWS[v] for v in views) + " |",
+        "|---" * (len(views) + 1) + "|",
+    ]
+    for o in opts:
+        cells = [_paired_cell(views[v][o]) for v in views]
+        lines.append(f"| {label(o)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     ds = summary["dataset"]
     opts = summary["optimizers"]
@@ -210,6 +250,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"| {label(o)} | {_fmt(et['training_seconds_mean'][o], None, 1)} | "
                 f"{_fmt(et['accuracy_at_budget'][o], et['accuracy_at_budget_std'][o], 2, 100)} |"
             )
+    lines += _paired_lines(summary.get("paired"), split)
     pe = summary.get("per_epoch_accuracy") or {}
     epochs = sorted({row["epoch"] for rows in pe.values() for row in rows})
     if pe and 1 < len(epochs) <= 40:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.atomic import write_text
-from benchmarks.metrics import format_cpus, mean_std, value_at_budget
+from benchmarks.metrics import format_cpus, mean_std, paired_difference, value_at_budget
 from benchmarks.registry import OPTIMIZERS, optimizer_spec
 
 # The paper's Tables 1-3 (iterations to a loss threshold, test accuracy %, final loss).
@@ -108,6 +108,9 @@ def summarize(runs: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any
     noise = label_noise_table(runs)
     if noise is not None:
         summary["label_noise"] = noise
+    paired = paired_comparison(runs, summary["equal_budget"], summary["equal_time"])
+    if paired is not None:
+        summary["paired"] = paired
     summary["timing"] = timing_conditions(runs)
     summary["threshold"] = meta.get("threshold")
     summary["eval_split"] = meta.get("eval_split", "test")
@@ -206,6 +209,46 @@ def equal_time(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         m, sd, n = mean_std(accs)
         out["accuracy_at_budget"][o] = m if n == len(rs) else None
         out["accuracy_at_budget_std"][o] = sd if n == len(rs) else None
+    return out
+
+
+def paired_comparison(
+    runs: list[dict[str, Any]],
+    budget: dict[str, Any] | None,
+    timed: dict[str, Any] | None,
+    reference: str = "adam",
+) -> dict[str, Any] | None:
+    """Every other optimizer against ``reference``, seed by seed (the same seed: the same
+    initial weights and batches), in three views: final accuracy at equal epochs, accuracy at
+    the equal-budget passes and at the equal-time seconds (the budgets of
+    :func:`equal_budget` and :func:`equal_time`). Each view holds, per optimizer, the
+    :func:`~benchmarks.metrics.paired_difference` of its accuracies minus the reference's,
+    ``None`` where one of its paired seeds has no evaluation within the budget (it is credited with
+    none in :func:`equal_budget` and :func:`equal_time` either). ``None`` without the reference
+    or another optimizer."""
+    opts = [o for o in ordered(runs) if o != reference]
+    if reference not in ordered(runs) or not opts:
+        return None
+
+    def per_seed(o: str, value: Any) -> dict[int, float | None]:
+        return {r["seed"]: value(r) for r in runs if r["optimizer"] == o}
+
+    views: dict[str, Any] = {"epochs": lambda r: r["test_accuracy"]}
+    if budget and budget["reference"] == reference:
+        views["passes"] = lambda r: value_at_budget(
+            [(c["passes"], c["eval_accuracy"]) for c in r["curve"]], budget["budget_passes"]
+        )
+    if timed and timed["reference"] == reference:
+        views["seconds"] = lambda r: value_at_budget(curve_seconds(r), timed["budget_seconds"])
+    out: dict[str, Any] = {"reference": reference, "views": {}}
+    for view, value in views.items():
+        ref = per_seed(reference, value)
+        out["views"][view] = {}
+        for o in opts:
+            mine = per_seed(o, value)
+            # a seed with no evaluation within the budget: no credit, as in the views above
+            complete = all(v is not None for s, v in mine.items() if s in ref)
+            out["views"][view][o] = paired_difference(mine, ref) if complete else None
     return out
 
 

@@ -140,3 +140,24 @@ def test_summary_and_equal_budget_by_hand():
     # Adam's final mean accuracy 0.82: HG-PSO seed 0 first >= 0.82 at 400, seed 1 at 800
     assert eb["passes_to_reference_accuracy"]["hgpso"] == {"mean": 600, "reached": "2/2"}
     assert eb["passes_to_reference_accuracy"]["adam"] == {"mean": 200, "reached": "1/2"}
+
+
+def test_paired_difference_by_hand():
+    from benchmarks.metrics import paired_difference
+
+    # seeds 0..2 pair up (3 has no partner, 4 is not finite): differences 0.02, 0.04, 0.06
+    a = {0: 0.92, 1: 0.94, 2: 0.96, 3: 0.5, 4: float("nan")}
+    b = {0: 0.90, 1: 0.90, 2: 0.90, 4: 0.9}
+    p = paired_difference(a, b)
+    assert p["seeds"] == [0, 1, 2]
+    assert p["differences"] == pytest.approx([0.02, 0.04, 0.06])
+    assert p["mean_difference"] == pytest.approx(0.04)
+    # sample std of (0.02, 0.04, 0.06) = 0.02, SE = 0.02 / sqrt(3) = 0.011547 < 0.04 / 2
+    assert p["standard_error"] == pytest.approx(0.02 / math.sqrt(3))
+    assert p["beyond_2se"] is True
+    noisy = paired_difference({0: 0.95, 1: 0.85}, {0: 0.9, 1: 0.88})  # +0.05, -0.03
+    assert noisy["mean_difference"] == pytest.approx(0.01)
+    assert noisy["standard_error"] == pytest.approx(0.04) and noisy["beyond_2se"] is False
+    one = paired_difference({0: 0.9}, {0: 0.8})
+    assert one["standard_error"] is None and one["beyond_2se"] is False
+    assert paired_difference({0: 0.9}, {1: 0.8}) is None

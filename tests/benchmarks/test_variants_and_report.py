@@ -14,6 +14,7 @@ import hgpso
 from benchmarks import lit, registry
 from benchmarks.report import (
     curve_seconds,
+    equal_budget,
     equal_time,
     per_epoch_accuracy,
     render_markdown,
@@ -238,6 +239,72 @@ def test_equal_time_by_hand():
     pe = per_epoch_accuracy(runs)  # steps_per_epoch 2: steps 2 and 4 are epochs 1 and 2
     assert [(r["epoch"], r["runs"]) for r in pe["hgpso"]] == [(0.5, 2), (1.0, 2), (2.0, 2)]
     assert pe["adam"][1]["accuracy_mean"] == pytest.approx(0.82)
+
+
+def test_paired_per_seed_comparison_with_adam_by_hand():
+    runs = [
+        # Adam: 4 steps = 8 passes (the equal budget), 10 s and 12 s (the equal time: 12 s)
+        _run("adam", 0, [(2, 0.70, 5.0), (4, 0.80, 10.0)]),
+        _run("adam", 1, [(2, 0.72, 6.0), (4, 0.84, 12.0)]),
+        # HG-PSO: 8 steps (16 passes); at 8 passes (step 4) 0.78 / 0.83, at 12 s 0.60 / 0.65
+        _run("hgpso", 0, [(1, 0.60, 11.0), (4, 0.78, 40.0), (8, 0.90, 80.0)], steps=8),
+        _run("hgpso", 1, [(1, 0.65, 12.0), (4, 0.83, 44.0), (8, 0.89, 88.0)], steps=8),
+        _run("hgpso", 2, [(8, 0.99, 80.0)], steps=8),  # no Adam seed 2: not paired
+        # SGD's seed 1 has no evaluation within 12 s: no credit at equal time
+        _run("sgd", 0, [(4, 0.75, 9.0)]),
+        _run("sgd", 1, [(4, 0.85, 13.0)]),
+    ]
+    paired = summarize(runs, {"dataset": "digits", "epochs": 2})["paired"]
+    assert paired["reference"] == "adam" and list(paired["views"]) == [
+        "epochs",
+        "passes",
+        "seconds",
+    ]
+    epochs = paired["views"]["epochs"]["hgpso"]
+    assert epochs["seeds"] == [0, 1]
+    assert epochs["differences"] == pytest.approx([0.10, 0.05])  # 0.90-0.80, 0.89-0.84
+    assert epochs["mean_difference"] == pytest.approx(0.075)
+    assert epochs["standard_error"] == pytest.approx(0.025)  # sd 0.05/sqrt2, / sqrt 2
+    assert epochs["beyond_2se"] is True  # 0.075 > 0.05
+    passes = paired["views"]["passes"]["hgpso"]
+    assert passes["differences"] == pytest.approx([-0.02, -0.01])  # 0.78-0.80, 0.83-0.84
+    assert passes["standard_error"] == pytest.approx(0.005) and passes["beyond_2se"] is True
+    seconds = paired["views"]["seconds"]["hgpso"]
+    assert seconds["differences"] == pytest.approx([-0.20, -0.19])
+    assert paired["views"]["seconds"]["sgd"] is None
+    assert paired["views"]["epochs"]["sgd"]["differences"] == pytest.approx([-0.05, 0.01])
+    meta = {"dataset": "digits", "epochs": 2, "threshold": 0.3}
+    text = render_markdown(summarize(runs, meta), meta)
+    assert "## Paired per-seed comparison with Adam" in text
+    assert (
+        "| HG-PSO (tuned) | +7.50 ± 2.50 (> 2 SE) [2] | -1.50 ± 0.50 (> 2 SE) [2] "
+        "| -19.50 ± 0.50 (> 2 SE) [2] |" in text
+    )
+    assert "| SGD | -2.00 ± 3.00 [2] | -2.00 ± 3.00 [2] | n/a |" in text
+    assert "Paired" not in render_markdown(summarize(runs[2:], meta), meta)  # no Adam
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        "fashion-mnist",
+        "fashion-mnist-10ep",
+        "fashion-mnist-noise40",
+        "fashion-mnist/adam-at-hgpso-budget",
+    ],
+)
+def test_committed_results_rebuild_from_their_run_files(folder):
+    """Every key of a committed summary.json comes out the same from its run files (newer
+    keys beside it are allowed): the report reads the committed runs unchanged."""
+    d = ROOT / "benchmarks" / "results" / folder
+    runs = [json.loads(p.read_text()) for p in sorted((d / "runs").glob("*.json"))]
+    committed = json.loads((d / "summary.json").read_text())
+    meta = {k: committed.get(k) for k in ("dataset", "epochs", "threshold", "eval_split")}
+    rebuilt = json.loads(json.dumps(summarize(runs, meta)))
+    assert {k: rebuilt[k] for k in committed} == committed
+    if len({r["optimizer"] for r in runs}) > 1:
+        assert rebuilt["paired"]["reference"] == "adam"
+    assert equal_budget(runs)["reference"] == "adam"
 
 
 def test_timing_line_from_the_run_records():
