@@ -34,8 +34,8 @@ over all ``N`` particles and all ``P`` trainable elements.
 
 Under ``distributed="sharded"`` each rank holds some of the particles, so these are sums
 over ranks: every rank of the swarm's group must compute them together (the step does so
-for ``readout="mean"``; :meth:`~hgpso.optim.swarm.SwarmOptimizer.particle_mean` and
-:meth:`~hgpso.optim.swarm.SwarmOptimizer.particle_spread` are collectives there).
+for ``readout="mean"``; :meth:`HGPSO.particle_mean() <hgpso.HGPSO.particle_mean>` and
+:meth:`~hgpso.HGPSO.particle_spread` are collectives there).
 """
 
 from __future__ import annotations

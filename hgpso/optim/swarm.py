@@ -408,7 +408,7 @@ class SwarmOptimizer(Optimizer):
                 frozen parameter; unfreeze it, or create a new optimizer.
 
         Whatever the closure or the update raises, the step is all or nothing: the swarm's
-        state is left as it was, the model back on its readout (see :meth:`_restore_model`)
+        state is left as it was, the model back on its readout (the last one written)
         and ``p.grad`` on the global best's gradient of the last step that succeeded.
 
         After the step the model's parameters hold the swarm's readout (the global best,
