@@ -354,6 +354,7 @@ class SwarmOptimizer(Optimizer):
         best's, or (``readout="mean"``) the particles' mean, kept for a failed step."""
         if self.readout == "gbest":
             weights, buffers = self.gbest(), None
+            self._last_readout = None  # a later switch to "mean" must not restore an old mean
         else:
             weights, buffers = self._mean_readout()
             self._last_readout = weights, buffers
