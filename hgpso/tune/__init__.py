@@ -17,6 +17,7 @@ from .driver import TuneResult, minimize
 from .layer import LLMCMAES, LLMTPE, LLMLayer, LLMRandom
 from .llm import LLMClient, LLMError, LLMStats, extract_json, parse_points, points_schema
 from .optuna_strategies import CMAES, TPE, OptunaStrategy
+from .proposals import PromptOptions
 from .space import Categorical, Float, Int, Param, SearchSpace
 from .strategies import (
     GA,
@@ -50,6 +51,7 @@ __all__ = [
     "LLMStats",
     "OptunaStrategy",
     "Param",
+    "PromptOptions",
     "RandomSearch",
     "SearchSpace",
     "Strategy",

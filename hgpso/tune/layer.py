@@ -43,9 +43,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .llm import LLMClient
+from .proposals import PromptOptions
 from .space import SearchSpace
 from .state import StateError
-from .strategies import Strategy, _LLMMixin, make_strategy, strategy_class
+from .strategies import _LLM_DATA_DEFAULTS, Strategy, _LLMMixin, make_strategy, strategy_class
 
 __all__ = ["LAYER_STRATEGIES", "LLMCMAES", "LLMTPE", "LLMLayer", "LLMRandom"]
 
@@ -58,7 +59,8 @@ class LLMLayer(_LLMMixin, Strategy):
     Args:
         space, population, seed: as for every strategy; the base gets the same.
         base: the base strategy's name (not an LLM strategy).
-        llm, k, llm_every, max_llm_calls, task, history_size: as for ``llm_pso``.
+        llm, k, llm_every, max_llm_calls, task, history_size, prompt_options: as for
+            ``llm_pso`` (:class:`~hgpso.tune.PromptOptions`).
         replace: ``"worst"`` or ``"last"`` (see the module docstring).
         base_kwargs: keyword arguments of the base (``{"inertia": 0.6}``,
             ``{"n_startup_trials": 5}``).
@@ -67,7 +69,14 @@ class LLMLayer(_LLMMixin, Strategy):
     name = "llm"
     uses_llm = True
     default_base: ClassVar[str | None] = None
-    _DATA_KEYS: ClassVar[tuple[str, ...]] = ("base", "llm_rounds", "llm_stats", "adopted")
+    _DATA_KEYS: ClassVar[tuple[str, ...]] = (
+        "base",
+        "llm_rounds",
+        "llm_stats",
+        "prompt_options",
+        "adopted",
+    )
+    _DATA_DEFAULTS = _LLM_DATA_DEFAULTS
 
     def __init__(
         self,
@@ -83,6 +92,7 @@ class LLMLayer(_LLMMixin, Strategy):
         history_size: int = 8,
         replace: str = "worst",
         base_kwargs: Mapping[str, Any] | None = None,
+        prompt_options: PromptOptions | Mapping[str, Any] | None = None,
     ) -> None:
         Strategy.__init__(self, space, population, seed)
         base = base if base is not None else self.default_base
@@ -101,7 +111,7 @@ class LLMLayer(_LLMMixin, Strategy):
         self.base_kwargs = dict(base_kwargs or {})
         self.replace = replace
         self.base = self._make_base()
-        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size)
+        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size, prompt_options)
         self._adopted: list[int] = []  # rows of the pending batch written by the LLM
 
     def _make_base(self) -> Strategy:
@@ -121,7 +131,9 @@ class LLMLayer(_LLMMixin, Strategy):
             rows = self._ranking(self.base.foreign_rows())
             k = min(self.k, len(rows))
             if k:
-                got = self._ask_llm(self._best_prompt(k), k)
+                taken = set(rows[:k])  # the rows the LLM's points replace
+                kept = [p for r, p in enumerate(points) if r not in taken]
+                got = self._ask_llm(self._best_prompt(k), k, kept)
                 for row, point in zip(rows, got, strict=False):
                     points[row] = self.base.adopt_pending(row, point)
                     self._adopted.append(row)

@@ -46,9 +46,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .space import SearchSpace
+from .space import Float, SearchSpace
 
 __all__ = [
+    "UNITS",
     "LLMClient",
     "LLMError",
     "LLMStats",
@@ -78,6 +79,7 @@ class LLMStats:
     proposed: int = 0  # points parsed from answers
     accepted: int = 0  # points that survived validation and de-duplication
     rejected: int = 0  # points dropped (wrong type, missing key, duplicate)
+    duplicates: int = 0  # of the rejected: valid points already tried once snapped to the grid
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -231,11 +233,24 @@ def extract_json(text: str, max_attempts: int = MAX_DECODE_ATTEMPTS) -> Any:
     raise ValueError("no JSON value found in answer")
 
 
-def points_schema(space: SearchSpace, k: int) -> dict[str, Any]:
-    """JSON schema of the answer: ``{"points": [{name: value, ...}, ...]}`` with exactly k."""
+#: the units of a prompt's points and of the answer: the space's own values, unit coordinates
+UNITS = ("space", "unit")
+
+
+def _check_units(units: str) -> None:
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
+
+
+def points_schema(space: SearchSpace, k: int, units: str = "space") -> dict[str, Any]:
+    """JSON schema of the answer: ``{"points": [{name: value, ...}, ...]}`` with exactly k.
+
+    ``units="unit"``: every value is a number (a unit coordinate, see :func:`parse_points`).
+    """
+    _check_units(units)
     props: dict[str, Any] = {}
     for name, p in space.items():
-        if p.kind == "float":
+        if units == "unit" or p.kind == "float":
             props[name] = {"type": "number"}
         elif p.kind == "int":
             props[name] = {"type": "integer"}
@@ -262,14 +277,21 @@ def parse_points(
     k: int,
     seen: Iterable[tuple] = (),
     stats: LLMStats | None = None,
+    units: str = "space",
 ) -> list[dict[str, Any]]:
     """Turn a decoded answer into at most ``k`` valid, new points.
 
     Accepted shapes: ``{"points": [...]}``, a bare list, or a single point object. A point is
     an object ``{name: value}`` or a list of values in ``space.names`` order. Values are
-    type-checked and clipped by :meth:`SearchSpace.coerce`; invalid points and points whose
-    :meth:`SearchSpace.key` is in ``seen`` (or earlier in the answer) are dropped.
+    type-checked, clipped and snapped by :meth:`SearchSpace.coerce` (integers rounded,
+    categorical spellings mapped to the choice); with ``units="unit"`` they are unit
+    coordinates, clipped to ``[0, 1]`` and decoded by ``SearchSpace.decode``. Only the
+    snapped point is compared: invalid points and points whose :meth:`SearchSpace.key` is in
+    ``seen`` (or earlier in the answer) are dropped (``stats.rejected``; the repeated ones
+    also ``stats.duplicates``). Other keys of a point object (a predicted ``"score"``) are
+    ignored; nothing is evaluated.
     """
+    _check_units(units)
     if isinstance(answer, str):
         answer = extract_json(answer)
     if isinstance(answer, Mapping):
@@ -293,7 +315,10 @@ def parse_points(
                 if len(item) != space.dim:
                     raise ValueError("wrong length")
                 item = dict(zip(space.names, item, strict=True))
-            point = space.coerce(item)
+            if units == "unit":
+                point = space.decode(list(_unit_space(space).coerce(item).values()))
+            else:
+                point = space.coerce(item)
         except (TypeError, ValueError, KeyError, OverflowError, RecursionError):
             if stats is not None:
                 stats.rejected += 1
@@ -302,6 +327,7 @@ def parse_points(
         if key in seen_keys:
             if stats is not None:
                 stats.rejected += 1
+                stats.duplicates += 1
             continue
         seen_keys.add(key)
         out.append(point)
@@ -310,6 +336,11 @@ def parse_points(
         if len(out) >= k:
             break
     return out
+
+
+def _unit_space(space: SearchSpace) -> SearchSpace:
+    """The unit cube with ``space``'s names: what a ``units="unit"`` answer is checked by."""
+    return SearchSpace({n: Float(0.0, 1.0) for n in space.names})
 
 
 # response_format that each (base URL, model) accepted in this process, so that new clients

@@ -52,7 +52,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from .llm import LLMClient, LLMStats
-from .proposals import best_points_prompt, propose
+from .proposals import PromptOptions, best_points_prompt, propose
 from .sampler import _to_param
 from .space import Param, SearchSpace
 
@@ -91,6 +91,8 @@ class LLMSampler(BaseSampler):
         n_startup_trials: trials before the first LLM round (default ``every``).
         max_llm_calls: LLM rounds per study (default: no cap).
         task, history_size: the prompt's task line and how many best trials it shows.
+        prompt_options: how the prompt is written
+            (:class:`~hgpso.tune.PromptOptions`; default: as the strategies').
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class LLMSampler(BaseSampler):
         max_llm_calls: int | None = None,
         task: str = "Minimize an unknown black-box function.",
         history_size: int = 8,
+        prompt_options: PromptOptions | dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(base_sampler, BaseSampler):
             raise TypeError(f"base_sampler must be an Optuna sampler, got {base_sampler!r}")
@@ -118,7 +121,10 @@ class LLMSampler(BaseSampler):
         self.llm = llm if llm is not None else LLMClient()
         self.k, self.every, self.n_startup_trials = int(k), int(every), start
         self.max_llm_calls = None if max_llm_calls is None else int(max_llm_calls)
+        if isinstance(history_size, bool) or int(history_size) < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size!r}")
         self.task, self.history_size = task, int(history_size)
+        self.prompt_options = PromptOptions.make(prompt_options)
         self._intersection = IntersectionSearchSpace()
 
     # -- reading a study ------------------------------------------------------------------
@@ -227,8 +233,11 @@ class LLMSampler(BaseSampler):
                 v = sign * float(t.value)
                 history.append((point, v if math.isfinite(v) else math.inf))
         before = asdict(self.llm.stats)
-        prompt = best_points_prompt(self.task, space, history, self.history_size, self.k)
-        got = propose(self.llm, space, prompt, self.k, tried, "LLMSampler", stacklevel=4)
+        opts = self.prompt_options
+        prompt = best_points_prompt(self.task, space, history, self.history_size, self.k, opts)
+        got = propose(
+            self.llm, space, prompt, self.k, tried, "LLMSampler", stacklevel=4, units=opts.units
+        )
         after = asdict(self.llm.stats)
         delta = {n: after[n] - before[n] for n in after}
         for point in got:

@@ -24,7 +24,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .llm import LLMClient, LLMStats
-from .proposals import best_points_prompt, fmt, point_json, propose, read_llm_stats
+from .proposals import (
+    PromptOptions,
+    ask_line,
+    best_points_prompt,
+    describe_space,
+    fmt,
+    order_note,
+    order_shown,
+    propose,
+    read_llm_stats,
+    read_prompt_options,
+    show_point,
+)
 from .space import SearchSpace
 from .state import (
     StateError,
@@ -66,6 +78,8 @@ class Strategy:
     uses_llm: ClassVar[bool] = False
     #: keys of :meth:`state_dict`'s ``"data"`` section that this class writes and reads
     _DATA_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: values of ``_DATA_KEYS`` added after states were first saved, read when one is absent
+    _DATA_DEFAULTS: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, space: SearchSpace, population: int = 10, seed: int = 0) -> None:
         if not isinstance(space, SearchSpace):
@@ -314,6 +328,8 @@ class Strategy:
                 raise StateError(f"exact: {k!r} is not a row of the pending batch")
             exact[int(k)] = read_point(p, self.space, f"exact[{k}]")
         data = state["data"]
+        if isinstance(data, Mapping):  # an older state without a key added since
+            data = {**self._DATA_DEFAULTS, **data}
         check_keys(data, self._DATA_KEYS, f"{self.name} state data")
         self._load_data(data)  # validates and sets; raises before anything above is applied
         self.seed, self.iteration, self.rng = seed, iteration, rng
@@ -742,11 +758,15 @@ class _LLMMixin:
         max_llm_calls: int | None,
         task: str,
         history_size: int,
+        prompt_options: PromptOptions | Mapping[str, Any] | None = None,
     ) -> None:
         if k < 1 or k > self.population:
             raise ValueError(f"k must be in [1, population={self.population}], got {k}")
         if llm_every < 1:
             raise ValueError("llm_every must be >= 1")
+        if isinstance(history_size, bool) or int(history_size) < 1:
+            raise ValueError(f"history_size must be >= 1, got {history_size!r}")
+        self.prompt_options = PromptOptions.make(prompt_options)
         self.llm = llm if llm is not None else LLMClient()
         self.k = int(k)
         self.llm_every = int(llm_every)
@@ -760,11 +780,22 @@ class _LLMMixin:
         return self.llm.stats
 
     def _llm_data(self) -> dict[str, Any]:
-        return {"llm_rounds": self.llm_rounds, "llm_stats": asdict(self.llm.stats)}
+        return {
+            "llm_rounds": self.llm_rounds,
+            "llm_stats": asdict(self.llm.stats),
+            "prompt_options": self.prompt_options.as_dict(),
+        }
 
     def _llm_load(self, data: Mapping[str, Any]) -> None:
         rounds = read_int(data["llm_rounds"], "llm_rounds")
         stats = read_llm_stats(data["llm_stats"])
+        saved = read_prompt_options(data["prompt_options"])
+        if saved != self.prompt_options:
+            raise StateError(
+                f"{self.name} state saved with prompt options {saved.as_dict()}, not this "
+                f"strategy's {self.prompt_options.as_dict()}: build it with the same "
+                "prompt_options to resume the same search"
+            )
         self.llm_rounds = rounds
         for k, v in stats.items():  # the client keeps counting from the saved totals
             setattr(self.llm.stats, k, v)
@@ -774,14 +805,37 @@ class _LLMMixin:
             return False
         return self.max_llm_calls is None or self.llm_rounds < self.max_llm_calls
 
-    def _ask_llm(self, prompt: str, k: int) -> list[dict[str, Any]]:
-        """One proposal round: returns up to ``k`` new valid points (may be fewer)."""
+    def _ask_llm(
+        self, prompt: str, k: int, kept: Sequence[Mapping[str, Any]] = ()
+    ) -> list[dict[str, Any]]:
+        """One proposal round: returns up to ``k`` new valid points (may be fewer).
+
+        New: once snapped to the space's grid, neither told before nor one of ``kept`` (the
+        members of the pending batch that the LLM's points do not replace).
+        """
         self.llm_rounds += 1
-        return propose(self.llm, self.space, prompt, k, self._tried, self.name, stacklevel=4)
+        tried = self._tried | {self.space.key(p) for p in kept}
+        return propose(
+            self.llm,
+            self.space,
+            prompt,
+            k,
+            tried,
+            self.name,
+            stacklevel=4,
+            units=self.prompt_options.units,
+        )
 
     def _best_prompt(self, k: int) -> str:
         """The best points so far (papers 000/001): LLM-PSO's and the ``llm`` layer's prompt."""
-        return best_points_prompt(self.task, self.space, self.history, self.history_size, k)
+        return best_points_prompt(
+            self.task, self.space, self.history, self.history_size, k, self.prompt_options
+        )
+
+
+#: the LLM strategies' state keys added since version 2 was first written: an older state
+#: was written with the default prompt options
+_LLM_DATA_DEFAULTS: Mapping[str, Any] = {"prompt_options": PromptOptions().as_dict()}
 
 
 class LLMPSO(_LLMMixin, PSO):
@@ -797,7 +851,8 @@ class LLMPSO(_LLMMixin, PSO):
 
     name = "llm_pso"
     uses_llm = True
-    _DATA_KEYS = (*PSO._DATA_KEYS, "llm_rounds", "llm_stats")
+    _DATA_KEYS = (*PSO._DATA_KEYS, "llm_rounds", "llm_stats", "prompt_options")
+    _DATA_DEFAULTS = _LLM_DATA_DEFAULTS
 
     def __init__(
         self,
@@ -810,10 +865,11 @@ class LLMPSO(_LLMMixin, PSO):
         max_llm_calls: int | None = None,
         task: str = "Minimize an unknown black-box function.",
         history_size: int = 8,
+        prompt_options: PromptOptions | Mapping[str, Any] | None = None,
         **pso_kwargs: Any,
     ) -> None:
         PSO.__init__(self, space, population, seed, **pso_kwargs)
-        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size)
+        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size, prompt_options)
 
     def prompt(self, k: int) -> str:
         return self._best_prompt(k)
@@ -823,7 +879,9 @@ class LLMPSO(_LLMMixin, PSO):
         if not self._llm_turn():
             return x
         worst = np.argsort(-self.values, kind="stable")[: self.k]
-        got = self._ask_llm(self.prompt(self.k), self.k)
+        replaced = {int(i) for i in worst}
+        kept = [self.space.decode(u) for i, u in enumerate(self.x) if i not in replaced]
+        got = self._ask_llm(self.prompt(self.k), self.k, kept)
         for idx, point in zip(worst, got, strict=False):
             self.x[idx] = self.space.encode(point)
             self.v[idx] = 0.0
@@ -849,7 +907,8 @@ class LLMGA(_LLMMixin, GA):
 
     name = "llm_ga"
     uses_llm = True
-    _DATA_KEYS = (*GA._DATA_KEYS, "llm_rounds", "llm_stats", "eot", "llm_rows")
+    _DATA_KEYS = (*GA._DATA_KEYS, "llm_rounds", "llm_stats", "prompt_options", "eot", "llm_rows")
+    _DATA_DEFAULTS = _LLM_DATA_DEFAULTS
 
     def __init__(
         self,
@@ -862,38 +921,51 @@ class LLMGA(_LLMMixin, GA):
         max_llm_calls: int | None = None,
         task: str = "Minimize an unknown black-box function.",
         history_size: int = 6,
+        prompt_options: PromptOptions | Mapping[str, Any] | None = None,
         **ga_kwargs: Any,
     ) -> None:
         GA.__init__(self, space, population, seed, **ga_kwargs)
-        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size)
+        self._init_llm(llm, k, llm_every, max_llm_calls, task, history_size, prompt_options)
         self.eot: list[dict[str, Any]] = []  # Evolution-of-Thought records
         self._llm_rows: list[tuple[int, dict[str, Any], float]] = []
 
     def prompt(self, parents: np.ndarray, parents_val: np.ndarray, k: int) -> str:
+        opts = self.prompt_options
+        pairs = [
+            (self.space.decode(p), float(v)) for p, v in zip(parents, parents_val, strict=True)
+        ]
+        when = None
+        if opts.order == "chronological":  # a parent's time: its first evaluation
+            first: dict[tuple, int] = {}
+            for i, (p, _) in enumerate(self.history):
+                first.setdefault(self.space.key(p), i)
+            when = [first.get(self.space.key(p), len(self.history)) for p, _ in pairs]
         lines = "\n".join(
-            f"{point_json(self.space.decode(p))} -> {fmt(float(v))}"
-            for p, v in zip(parents, parents_val, strict=True)
+            f"{show_point(self.space, p, opts)} -> {fmt(v)}"
+            for p, v in order_shown(pairs, opts.order, when)
         )
         text = (
-            f"{self.task}\nParameters:\n{self.space.describe()}\n"
-            f"Current parents (point -> score, lower is better):\n{lines}\n"
+            f"{self.task}\nParameters:\n{describe_space(self.space, opts)}\n"
+            f"Current parents (point -> score, lower is better{order_note(opts.order)}):\n{lines}\n"
         )
         if self.eot:
             recs = self.eot[-self.history_size :]
             text += "Your earlier proposals and what happened (learn from them):\n"
             text += "\n".join(
-                f"gen {r['generation']}: {point_json(r['point'])} scored {fmt(r['value'])} "
-                f"vs best parent {fmt(r['reference'])} ({r['outcome']}, change "
-                f"{fmt(r['change'])})"
+                f"gen {r['generation']}: {show_point(self.space, r['point'], opts)} scored "
+                f"{fmt(r['value'])} vs best parent {fmt(r['reference'])} ({r['outcome']}, "
+                f"change {fmt(r['change'])})"
                 for r in recs
             )
             text += "\n"
-        text += (
-            f"Propose {k} new child points that combine or improve the parents, keeping "
-            f"what worked in your earlier proposals and avoiding what failed. "
-            f'Answer as JSON: {{"points": [{{...}}, ...]}} with exactly {k} points.'
+        return text + ask_line(
+            k,
+            "new child points that combine or improve the parents",
+            self.history,
+            opts,
+            goal="keeping what worked in your earlier proposals and avoiding what failed",
+            keep_goal=True,
         )
-        return text
 
     def _n_parents_offset(self) -> int:
         return math.ceil(self.population / 2) if self.reevaluate_parents else 0
@@ -904,7 +976,9 @@ class LLMGA(_LLMMixin, GA):
         if not self._llm_turn() or n == 0:
             return kids
         k = min(self.k, n)
-        got = self._ask_llm(self.prompt(parents, parents_val, k), k)
+        # the children the LLM's points do not replace (rows n-1, n-2, ... are replaced)
+        kept = [self.space.decode(u) for u in kids[: n - k]]
+        got = self._ask_llm(self.prompt(parents, parents_val, k), k, kept)
         ref = float(parents_val[0]) if len(parents_val) else math.inf
         for j, point in enumerate(got):
             row = n - 1 - j

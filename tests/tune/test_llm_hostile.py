@@ -27,8 +27,7 @@ from hgpso.tune.llm import (
     parse_points,
     scrub_secrets,
 )
-
-from .conftest import chat_body
+from tests.tune.fake_server import chat_body
 
 SPACE = SearchSpace({"x": Float(-1.0, 1.0), "y": Float(-1.0, 1.0)})
 SECRET = "sk-hostile-SECRET-987"
