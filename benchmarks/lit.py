@@ -154,7 +154,37 @@ class BenchModule(pl.LightningModule):
                 "eval_loss": loss_sum / total,
             }
         )
+        spread = self.particle_spread()
+        if spread is not None:  # how far apart the particles are (a collapsed swarm: ~0)
+            self.curve[-1]["spread"] = spread
         self.log("eval_acc", acc, prog_bar=True, logger=False)
+
+    def readout_scores(self, loader) -> dict[str, dict[str, float]]:
+        """A swarm's final weights scored on ``loader`` under each readout: ``gbest``, ``mean``
+        (all particles) and ``mean_k<N/2>`` (the best half), each ``{"accuracy", "loss"}``;
+        ``{}`` for other optimizers. The swarm's trajectory does not depend on the readout
+        (:meth:`hgpso.HGPSO.write_readout`), so one run gives all three; the model is left on
+        the configured readout."""
+        opt = self.bench_optimizer
+        if not hasattr(opt, "write_readout"):
+            return {}
+        half = max(1, opt.num_particles // 2)
+        scores: dict[str, dict[str, float]] = {}
+        for name, readout, k in (("gbest", "gbest", None), ("mean", "mean", None)) + (
+            (f"mean_k{half}", "mean", half),
+        ):
+            opt.write_readout(readout, k)
+            loss, acc = self.dataset_loss(loader)
+            scores[name] = {"accuracy": acc, "loss": loss}
+        opt.write_readout()
+        return scores
+
+    def particle_spread(self) -> dict[str, float] | None:
+        """The swarm's :meth:`hgpso.HGPSO.particle_spread` (None for other optimizers)."""
+        opt = self.bench_optimizer
+        if not hasattr(opt, "particle_spread") or self.steps == 0:
+            return None
+        return opt.particle_spread()
 
     @torch.no_grad()
     def dataset_loss(self, loader) -> tuple[float, float]:

@@ -117,6 +117,7 @@ def summarize(
                     "accuracy_min": min(finite) if finite else None,
                     "accuracy_max": max(finite) if finite else None,
                     "final_train_loss_mean": mean_std([r["final_train_loss"] for r in rs])[0],
+                    "readouts": _readout_means(rs),
                 }
             )
         scored = [p for p in points if p["accuracy_mean"] is not None]
@@ -129,6 +130,17 @@ def summarize(
             "points": points,
         }
     return out
+
+
+def _readout_means(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """A swarm's mean accuracy over seeds under each readout its runs scored (train.py's
+    ``readouts``; empty for other optimizers and for run files older than that field)."""
+    names = [n for n in (records[0].get("readouts") or {})] if records else []
+    return {
+        n: mean_std([(r.get("readouts") or {}).get(n, {}).get("accuracy") for r in records])[0]
+        for n in names
+        if all(n in (r.get("readouts") or {}) for r in records)
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -168,8 +180,36 @@ def render_markdown(summary: dict[str, Any]) -> str:
         best = "n/a" if v["best_lr"] is None else f"{v['best_lr']:g}"
         worst = _pct(min(means)) if means else "n/a"
         lines.append(f"| {v['label']} | {best} | {_pct(v['best_accuracy'])} | {worst} |")
+    lines += _readout_table(opts)
     lines += ["", "![Accuracy against the learning rate](lr_sensitivity.png)", ""]
     return "\n".join(lines)
+
+
+def _readout_table(opts: dict[str, Any]) -> list[str]:
+    """The swarms' final accuracy at each rate under each readout, from the same runs."""
+    names: list[str] = []
+    for v in opts.values():
+        for p in v["points"]:
+            names += [n for n in p.get("readouts") or {} if n not in names]
+    if not names:
+        return []
+    rows = [
+        f"| {v['label']} | {p['lr']:g} | "
+        + " | ".join(_pct(p["readouts"].get(n)) for n in names)
+        + " |"
+        for v in opts.values()
+        for p in v["points"]
+        if p.get("readouts")
+    ]
+    return [
+        "",
+        "Swarms under each readout (the same runs: the readout does not change the "
+        "trajectory; mean_kK: the K particles with the lowest best losses), mean over seeds (%):",
+        "",
+        "| Optimizer | lr | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 2) + "|",
+        *rows,
+    ]
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

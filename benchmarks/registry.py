@@ -152,6 +152,8 @@ _HGPSO_TUNED = {  # tuned on a held-out 10% of Fashion-MNIST's training set, see
 # overrides it).
 HGPSO_DEFAULT_NUM_PARTICLES = 4
 _LIBRARY_KEYS = (*_HGPSO_TUNED, "readout")
+# keys added after runs were committed, at the values those runs used (so their configs match)
+_SWARM_LATER = {"weight_decay": 0.0, "lr_spread": 1.0, "lr_pull": 0.0}
 
 
 def library_default_hparams(
@@ -219,30 +221,38 @@ def _specs() -> dict[str, OptimizerSpec]:
             swarm=True,
         ),
         OptimizerSpec(
-            "hgpso", "HG-PSO (tuned)", "tab:red", _HGPSO_TUNED, hgpso, _swarm_passes, swarm=True
+            "hgpso",
+            "HG-PSO (tuned)",
+            "tab:red",
+            {**_HGPSO_TUNED, **_SWARM_LATER},
+            hgpso,
+            _swarm_passes,
+            swarm=True,
+            legacy=_SWARM_LATER,
         ),
         OptimizerSpec(
             "hgpso-default",
             "HG-PSO (library defaults)",
             "tab:purple",
-            library_default_hparams(_LIBRARY_KEYS),
+            library_default_hparams((*_LIBRARY_KEYS, *_SWARM_LATER)),
             hgpso,
             _swarm_passes,
             swarm=True,
             paper_row="hgpso",
-            legacy={"readout": "gbest"},
+            legacy={"readout": "gbest", **_SWARM_LATER},
         ),
         OptimizerSpec(
             "hgpso-adam",
             "HG-PSO (adam)",
             "tab:pink",
             # Adam's rate: the step is Adam's preconditioned one
-            library_default_hparams(_LIBRARY_KEYS, lr=1e-3),
+            library_default_hparams((*_LIBRARY_KEYS, *_SWARM_LATER), lr=1e-3),
             hgpso,
             _swarm_passes,
             swarm=True,
             paper_row="hgpso",
             fixed={"gradient": "adam"},
+            legacy=_SWARM_LATER,
         ),
     ]
     return {s.name: s for s in specs}
@@ -270,6 +280,8 @@ HPARAM_TYPES: dict[str, Callable[[str], Any]] = {
     "forget": cli.unit_interval,
     "adaptive": cli.boolean,
     "readout": cli.one_of("gbest", "mean"),
+    "lr_spread": cli.float_in(1.0, 1e6),
+    "lr_pull": cli.unit_interval,
     "swa_lr": cli.positive_float,
     "swa_start": cli.fraction,
     "swa_per_epoch": cli.positive_int,
@@ -326,6 +338,19 @@ class DatasetSpec:
     model: Callable[[int, int, str], nn.Module]
     model_name: str
     threshold: float
+    # other models for the same data (``--model NAME``): name -> (builder, report name)
+    variants: Mapping[str, tuple[Callable[[int, int, str], nn.Module], str]] = field(
+        default_factory=dict
+    )
+
+    def model_for(self, variant: str | None) -> tuple[Callable[[int, int, str], nn.Module], str]:
+        """The builder and report name of ``variant`` (None: the data set's own model)."""
+        if variant is None:
+            return self.model, self.model_name
+        if variant not in self.variants:
+            known = ", ".join(self.variants) or "none"
+            raise ValueError(f"{self.name} has no model {variant!r}; its other models: {known}")
+        return self.variants[variant]
 
 
 DATASET_SPECS: dict[str, DatasetSpec] = {
@@ -337,6 +362,16 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
             lambda k, c, norm: M.FashionCNN(k, c),
             "FashionCNN (2 conv + 2 FC)",
             0.4,
+            {
+                "cnn-bn": (
+                    lambda k, c, norm: M.FashionCNN(k, c, batch_norm=True),
+                    "FashionCNN with BatchNorm (2 conv+BN + 2 FC)",
+                ),
+                "mlp": (
+                    lambda k, c, norm: M.FashionMLP(k, c * 28 * 28),
+                    "FashionMLP (784-128-128)",
+                ),
+            },
         ),
         DatasetSpec(
             "svhn",
@@ -390,6 +425,16 @@ def data_module(name: str, **kwargs: Any) -> D.ArrayDataModule:
     return D.ArrayDataModule(loader=partial(load_dataset, name), **kwargs)
 
 
-def build_model(dataset: str, num_classes: int, in_channels: int, norm: str = "group") -> nn.Module:
-    """The benchmark's model for ``dataset`` (construct under a fixed seed for equal inits)."""
-    return dataset_spec(dataset).model(num_classes, in_channels, norm)
+def build_model(
+    dataset: str,
+    num_classes: int,
+    in_channels: int,
+    norm: str = "group",
+    variant: str | None = None,
+) -> nn.Module:
+    """The benchmark's model for ``dataset``, or its other model ``variant`` (construct under
+    a fixed seed for equal inits)."""
+    return dataset_spec(dataset).model_for(variant)[0](num_classes, in_channels, norm)
+
+
+MODEL_VARIANTS = tuple(sorted({v for s in DATASET_SPECS.values() for v in s.variants}))

@@ -42,6 +42,7 @@ from benchmarks.datasets import DatasetError
 from benchmarks.metrics import machine_load
 from benchmarks.registry import (
     DATASET_SPECS,
+    MODEL_VARIANTS,
     DATASETS,
     DEFAULT_HPARAMS,
     HPARAM_TYPES,
@@ -144,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "every training seed sees the same corrupted labels",
     )
     p.add_argument(
+        "--model",
+        choices=MODEL_VARIANTS,
+        default=None,
+        help="another model for the data set (fashion-mnist: cnn-bn = the CNN with BatchNorm, "
+        "mlp = a 784-128-128 MLP; default: the data set's own model)",
+    )
+    p.add_argument(
         "--norm",
         choices=("group", "batch"),
         default="group",
@@ -209,6 +217,8 @@ def run_config(args: argparse.Namespace, optimizer: str, seed: int) -> dict[str,
         "device": args.device,
         "hparams": recorded_hparams(optimizer, hparams_from_args(args, optimizer)),
     }
+    if args.model is not None:  # absent for the data set's own model (configs stay the same)
+        config["model"] = args.model
     if args.label_noise > 0:  # absent for clean runs: their configs stay as they always were
         config["label_noise"] = {
             "kind": "symmetric",
@@ -323,7 +333,9 @@ def train_one(
     machine_start = machine_load()
     pl.seed_everything(seed, workers=True, verbose=False)
     torch.manual_seed(seed)
-    model = build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
+    model = build_model(
+        args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm, variant=args.model
+    )
     hparams = hparams_from_args(args, optimizer)
     dm.seed = seed
     steps_per_epoch = dm.steps_per_epoch
@@ -390,6 +402,7 @@ def train_one(
                 dm.train_eval_dataloader(args.final_loss_examples)
             )
             total_seconds = time.perf_counter() - t0
+            readouts = module.readout_scores(dm.val_dataloader())
     machine_end = machine_load()
     noise = label_noise_info(dm)
     if noise is not None:
@@ -409,6 +422,8 @@ def train_one(
         "eval_split": "holdout" if args.holdout else "test",
         "test_accuracy": module.curve[-1]["eval_accuracy"],
         "test_loss": module.curve[-1]["eval_loss"],
+        # a swarm's final weights on the eval split under each readout (empty otherwise)
+        "readouts": readouts,
         "final_train_loss": final_loss,
         "final_train_accuracy": final_train_acc,
         "threshold": threshold,
@@ -579,6 +594,9 @@ def prepare(args: argparse.Namespace):
     import torch
 
     _quiet_lightning()
+    if args.model is not None and args.model not in DATASET_SPECS[args.dataset].variants:
+        known = ", ".join(DATASET_SPECS[args.dataset].variants) or "none"
+        raise DatasetError(f"--model {args.model}: {args.dataset} has other models: {known}")
     if args.threshold is None:
         args.threshold = DATASET_SPECS[args.dataset].threshold
     if args.threads:
@@ -625,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "hardware": _hardware(args.device),
         "software": _software(),
-        "model": DATASET_SPECS[args.dataset].model_name,
+        "model": DATASET_SPECS[args.dataset].model_for(args.model)[1],
         "num_parameters": count_parameters(
-            build_model(args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm)
+            build_model(
+                args.dataset, dm.num_classes, dm.image_shape[0], norm=args.norm, variant=args.model
+            )
         ),
         "train_size": len(dm.train_set),
         "eval_size": len(dm.eval_set),

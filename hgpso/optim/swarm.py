@@ -322,6 +322,25 @@ class SwarmOptimizer(Optimizer):
             check_options({"readout_k": k, "num_particles": self.num_particles})
         return self._particle_mean(self._all("position"), k)
 
+    @torch.no_grad()
+    def write_readout(self, readout: str | None = None, k: int | None = None) -> None:
+        """Write a readout into the model now, without a step: ``readout`` (``"gbest"`` or
+        ``"mean"``; default: the optimizer's own) over the ``k`` particles with the lowest
+        stored best losses (``"mean"`` only; default: ``readout_k``). The options do not
+        change, so the next step writes the configured readout again; the swarm never reads
+        the model, so one run can be evaluated under several readouts.
+
+        A collective under ``distributed="sharded"``: every rank of the swarm calls it."""
+        readout = self.readout if readout is None else readout
+        if readout == "gbest" and k is not None:
+            raise ValueError(f"k={k} applies to readout='mean' only")
+        k = self.readout_k if k is None else k
+        check_options({"readout": readout, "readout_k": k, "num_particles": self.num_particles})
+        if readout == "mean":
+            self._write_into_model(*self._mean_readout(k))
+        else:
+            self._write_into_model(self.gbest(), None)
+
     def particle_spread(self) -> dict[str, float]:
         """How far the particles are from their mean: ``rms_to_mean``,
         ``gbest_rms_to_mean`` and ``mean_rms`` (per element; see
@@ -356,7 +375,7 @@ class SwarmOptimizer(Optimizer):
             weights, buffers = self.gbest(), None
             self._last_readout = None  # a later switch to "mean" must not restore an old mean
         else:
-            weights, buffers = self._mean_readout()
+            weights, buffers = self._mean_readout(self.readout_k)
             self._last_readout = weights, buffers
         self._write_into_model(weights, buffers)
 
@@ -365,10 +384,10 @@ class SwarmOptimizer(Optimizer):
             p.copy_(w)
         self._buffers.write_into_model(self.state[_SWARM], buffers)
 
-    def _mean_readout(self) -> tuple[list[Tensor], dict[str, Tensor] | None]:
+    def _mean_readout(self, k: int | None) -> tuple[list[Tensor], dict[str, Tensor] | None]:
         """The mean of the particles' positions and floating-point buffers (integer buffers:
-        the global best's), over the ``readout_k`` best or all."""
-        swarm, k = self.state[_SWARM], self.readout_k
+        the global best's), over the ``k`` best or all."""
+        swarm = self.swarm
         rows = swarm.get("buffers") or {}
         names = [name for name, t in rows.items() if t.is_floating_point()]
         stacks = self._all("position") + [rows[name] for name in names]

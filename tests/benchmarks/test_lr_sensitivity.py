@@ -59,6 +59,33 @@ def test_one_run_per_optimizer_rate_and_seed_and_the_summary(sweep, capsys):
     assert (sweep / "lr_sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_swarm_runs_score_every_readout_and_log_the_spread(sweep):
+    """One swarm run, three readouts: the configured one (gbest) is the run's accuracy; the
+    mean readouts are other models; SGD runs have none. The particles' spread is in the curve
+    at every evaluation, and the summary's readout means are the runs' means."""
+    for s in (0, 1):
+        run = json.loads((sweep / "runs" / f"hgpso-adam-lr0.1-seed{s}.json").read_text())
+        assert set(run["readouts"]) == {"gbest", "mean", "mean_k1"}  # 2 particles: k = 1
+        assert run["readouts"]["gbest"]["accuracy"] == run["test_accuracy"]
+        assert run["readouts"]["gbest"]["loss"] == pytest.approx(run["test_loss"], rel=1e-6)
+        spread = run["curve"][-1]["spread"]
+        assert spread["rms_to_mean"] > 0 and set(spread) == {
+            "rms_to_mean", "gbest_rms_to_mean", "mean_rms"}  # fmt: skip
+    sgd = json.loads((sweep / "runs" / "sgd-lr0.1-seed0.json").read_text())
+    assert sgd["readouts"] == {} and "spread" not in sgd["curve"][-1]
+    summary = json.loads((sweep / "lr_sensitivity.json").read_text())
+    point = summary["optimizers"]["hgpso-adam"]["points"][1]
+    runs = [json.loads((sweep / "runs" / f"hgpso-adam-lr0.1-seed{s}.json").read_text())
+            for s in (0, 1)]  # fmt: skip
+    assert point["readouts"]["mean"] == pytest.approx(
+        sum(r["readouts"]["mean"]["accuracy"] for r in runs) / 2
+    )
+    assert summary["optimizers"]["sgd"]["points"][0]["readouts"] == {}
+    table = (sweep / "lr_sensitivity.md").read_text()
+    assert "| Optimizer | lr | gbest | mean | mean_k1 |" in table
+    assert f"| HG-PSO (adam) | 0.1 | {100 * point['readouts']['gbest']:.2f} |" in table
+
+
 def test_rerun_reuses_every_finished_run(sweep, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in (sweep / "runs").glob("*.json")}
     assert lrs.main([*ARGS, "--out", str(sweep), "--no-figures"]) == 0

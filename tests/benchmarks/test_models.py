@@ -65,3 +65,18 @@ def test_resnet_batchnorm_variant_trains_with_per_particle_statistics():
     assert torch.isfinite(torch.as_tensor(loss))
     assert int(bn.num_batches_tracked) == 1
     assert not torch.equal(bn.running_mean, before)  # the best particle's statistics
+
+
+def test_fashion_model_variants_and_their_refusal():
+    from benchmarks.registry import dataset_spec
+
+    torch.manual_seed(0)
+    bn = build_model("fashion-mnist", 10, 1, variant="cnn-bn")
+    mlp = build_model("fashion-mnist", 10, 1, variant="mlp")
+    assert count_parameters(bn) == 207_018 and count_parameters(mlp) == 118_282
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 2
+    x = torch.randn(3, 1, 28, 28)
+    assert bn(x).shape == mlp(x).shape == (3, 10)
+    assert dataset_spec("fashion-mnist").model_for("mlp")[1] == "FashionMLP (784-128-128)"
+    with pytest.raises(ValueError, match="digits has no model 'mlp'; its other models: none"):
+        build_model("digits", 10, 1, variant="mlp")

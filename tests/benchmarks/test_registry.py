@@ -73,9 +73,23 @@ def test_hgpso_adam_is_the_library_with_the_adam_gradient_term():
     # the rest are the library's own defaults, read from its signature
     assert {k: v for k, v in hp.items() if k not in ("lr", "num_particles")} == {
         k: v
-        for k, v in registry.library_default_hparams(registry._LIBRARY_KEYS).items()
+        for k, v in registry.library_default_hparams(
+            (*registry._LIBRARY_KEYS, "weight_decay", "lr_spread", "lr_pull")
+        ).items()
         if k not in ("lr", "num_particles")
     }
+
+
+def test_keys_added_later_keep_the_configs_of_committed_runs():
+    """weight_decay, lr_spread and lr_pull at the values older runs used are left out of a
+    run's recorded hyperparameters, so committed runs stay reusable; other values are kept."""
+    for name in ("hgpso", "hgpso-default", "hgpso-adam"):
+        hp = registry.DEFAULT_HPARAMS[name]
+        assert {"weight_decay", "lr_spread", "lr_pull"} <= set(hp)
+        recorded = registry.recorded_hparams(name, hp)
+        assert not {"weight_decay", "lr_spread", "lr_pull"} & set(recorded)
+        spread = registry.recorded_hparams(name, {**hp, "lr_spread": 4.0, "lr_pull": 0.1})
+        assert (spread["lr_spread"], spread["lr_pull"]) == (4.0, 0.1)
 
 
 def test_dataset_registry_gives_model_threshold_and_loader():

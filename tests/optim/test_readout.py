@@ -107,6 +107,35 @@ def test_batchnorm_statistics_are_averaged_and_the_count_is_the_global_best():
     assert not torch.equal(bn.running_mean, best["1.running_mean"])
 
 
+def test_write_readout_writes_another_readout_now_and_changes_no_option():
+    """One run evaluated under several readouts: the mean (of all, of the k best, BN buffers
+    averaged) and back to the global best, without a step; the options and the swarm stay."""
+    model, opt = _train("gbest", model=_bn_net(), path="vectorized")
+    state = copy.deepcopy(opt.state_dict())
+    swarm = opt.state["swarm"]
+    losses = swarm["pbest_losses"]
+    best = sorted(range(5), key=lambda i: (losses[i].item(), i))[:2]
+    opt.write_readout("mean")
+    for p, x in zip(model.parameters(), _positions(opt, model), strict=True):
+        torch.testing.assert_close(p.detach(), x.mean(0), rtol=0, atol=1e-7)
+    torch.testing.assert_close(model[1].running_var, swarm["buffers"]["1.running_var"].mean(0))
+    opt.write_readout("mean", k=2)
+    for p, x in zip(model.parameters(), _positions(opt, model), strict=True):
+        torch.testing.assert_close(p.detach(), (x[best[0]] + x[best[1]]) / 2, rtol=0, atol=1e-7)
+    opt.write_readout()  # the configured one: the global best
+    for p in model.parameters():
+        assert torch.equal(p, opt.state[p]["gbest"])
+    assert torch.equal(model[1].running_mean, swarm["gbest_buffers"]["1.running_mean"])
+    assert (opt.readout, opt.readout_k) == ("gbest", None)
+    assert_same_state(opt.state_dict(), state)
+    with pytest.raises(ValueError, match="readout='mean' only"):
+        opt.write_readout("gbest", k=2)
+    with pytest.raises(ValueError, match="readout_k=6 exceeds num_particles=5"):
+        opt.write_readout("mean", k=6)
+    with pytest.raises(ValueError, match="invalid readout"):
+        opt.write_readout("best")
+
+
 def test_mean_of_bfloat16_particles_is_summed_in_float32():
     torch.manual_seed(0)
     model = TinyNet().to(torch.bfloat16)
