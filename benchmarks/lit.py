@@ -170,9 +170,9 @@ class BenchModule(pl.LightningModule):
             return {}
         half = max(1, opt.num_particles // 2)
         scores: dict[str, dict[str, float]] = {}
-        for name, readout, k in (("gbest", "gbest", None), ("mean", "mean", None)) + (
-            (f"mean_k{half}", "mean", half),
-        ):
+        readouts = [("gbest", "gbest", None), ("mean", "mean", None)]
+        readouts.append((f"mean_k{half}", "mean", half))
+        for name, readout, k in readouts:
             opt.write_readout(readout, k)
             loss, acc = self.dataset_loss(loader)
             scores[name] = {"accuracy": acc, "loss": loss}

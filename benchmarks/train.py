@@ -42,10 +42,10 @@ from benchmarks.datasets import DatasetError
 from benchmarks.metrics import machine_load
 from benchmarks.registry import (
     DATASET_SPECS,
-    MODEL_VARIANTS,
     DATASETS,
     DEFAULT_HPARAMS,
     HPARAM_TYPES,
+    MODEL_VARIANTS,
     OPTIMIZERS,
     data_module,
     recorded_hparams,
