@@ -170,7 +170,10 @@ class BenchModule(pl.LightningModule):
             return {}
         half = max(1, opt.num_particles // 2)
         scores: dict[str, dict[str, float]] = {}
-        readouts = [("gbest", "gbest", None), ("mean", "mean", None)]
+        readouts: list[tuple[str, str, int | None]] = [
+            ("gbest", "gbest", None),
+            ("mean", "mean", None),
+        ]
         readouts.append((f"mean_k{half}", "mean", half))
         for name, readout, k in readouts:
             opt.write_readout(readout, k)
