@@ -268,7 +268,9 @@ def bench_end_to_end(particles: list[int], args, device: str) -> list[dict]:
         for fused in fused_options:
             torch.manual_seed(0)
             model = _fashion_cnn().to(device)
-            opt = HGPSO(model.parameters(), lr=0.05, num_particles=n, seed=0, fused=fused)
+            opt = HGPSO(  # the kernel implements the sgd term
+                model.parameters(), lr=0.05, num_particles=n, seed=0, fused=fused, gradient="sgd"
+            )
             closure = vectorized_closure(model, F.cross_entropy, x, y)
             try:
                 t = _time(

@@ -3,7 +3,7 @@
 Uses Fashion-MNIST when its files are on the machine (Debian's ``dataset-fashion-mnist``
 package, or ``--data-root``), else scikit-learn's bundled 8x8 digits, so it never needs the
 network. ``--data-root DIR`` is the only place searched when given (no fallback). HGPSO runs
-with the library's defaults except ``lr=0.02`` and ``num_particles=4``. Under a minute of
+with the library's defaults except ``num_particles=4``. Under a minute of
 training on a 2-core CPU::
 
     python -m benchmarks.quickstart
@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     ap.add_argument("--batch-size", type=cli.positive_int, default=128)
     ap.add_argument("--particles", type=cli.positive_int, default=4)
-    ap.add_argument("--lr", type=cli.positive_float, default=0.02, help="HGPSO lr (Adam uses 1e-3)")
+    ap.add_argument(
+        "--lr",
+        type=cli.positive_float,
+        default=None,
+        help="HGPSO lr (default: the library's, 3.16e-3 for its default adam term; Adam uses 1e-3)",
+    )
     ap.add_argument("--seed", type=cli.seed, default=0)
     ap.add_argument(
         "--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu"
@@ -134,7 +139,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(
         f"dataset={dataset} train={len(data[1])} test={len(data[3])} device={device} "
         f"epochs={epochs} batch={args.batch_size}\n"
-        f"HGPSO: library defaults except lr={args.lr}, num_particles={args.particles}; "
+        f"HGPSO: library defaults except "
+        f"{'' if args.lr is None else f'lr={args.lr}, '}num_particles={args.particles}; "
         "Adam: lr=1e-3"
     )
 

@@ -157,18 +157,26 @@ _SWARM_LATER = {"weight_decay": 0.0, "lr_spread": 1.0, "lr_pull": 0.0}
 
 
 def library_default_hparams(
-    keys: Iterable[str] = tuple(_HGPSO_TUNED), **override: Any
+    keys: Iterable[str] = tuple(_HGPSO_TUNED), *, gradient: str | None = None, **override: Any
 ) -> dict[str, Any]:
-    """``hgpso.HGPSO``'s signature defaults for ``keys``, ``num_particles`` set to
-    :data:`HGPSO_DEFAULT_NUM_PARTICLES`, then ``override``."""
+    """``hgpso.HGPSO``'s signature defaults for ``keys``, those left to the gradient term
+    (``lr``, ``inertia``: ``None`` in the signature) resolved for ``gradient`` (the
+    signature's own by default), ``num_particles`` set to :data:`HGPSO_DEFAULT_NUM_PARTICLES`,
+    then ``override``."""
     import hgpso
+    from hgpso.optim import GRADIENT_DEFAULTS
 
     keys = tuple(keys)
     params = inspect.signature(hgpso.HGPSO).parameters
     missing = [k for k in keys if params.get(k) is None or params[k].default is params[k].empty]
     if missing:
         raise RuntimeError(f"hgpso.HGPSO has no default for {', '.join(missing)}")
+    gradient = params["gradient"].default if gradient is None else gradient
+    by_gradient = GRADIENT_DEFAULTS[gradient]
     out = {k: params[k].default for k in keys}
+    out.update({k: by_gradient[k] for k in keys if out[k] is None and k in by_gradient})
+    if "gradient" in out:
+        out["gradient"] = gradient
     out["num_particles"] = HGPSO_DEFAULT_NUM_PARTICLES
     out.update(override)
     return out
@@ -228,25 +236,28 @@ def _specs() -> dict[str, OptimizerSpec]:
             hgpso,
             _swarm_passes,
             swarm=True,
+            fixed={"gradient": "sgd"},  # tuned for the SGD term (the library's default was then)
             legacy=_SWARM_LATER,
         ),
         OptimizerSpec(
             "hgpso-default",
             "HG-PSO (library defaults)",
             "tab:purple",
-            library_default_hparams((*_LIBRARY_KEYS, *_SWARM_LATER)),
+            # the gradient term recorded, so a run says which one the defaults were
+            library_default_hparams((*_LIBRARY_KEYS, "gradient", *_SWARM_LATER)),
             hgpso,
             _swarm_passes,
             swarm=True,
             paper_row="hgpso",
-            legacy={"readout": "gbest", **_SWARM_LATER},
+            # runs made before the gradient option recorded neither it nor the readout
+            legacy={"readout": "gbest", "gradient": "sgd", **_SWARM_LATER},
         ),
         OptimizerSpec(
             "hgpso-adam",
             "HG-PSO (adam)",
             "tab:pink",
-            # Adam's rate: the step is Adam's preconditioned one
-            library_default_hparams((*_LIBRARY_KEYS, *_SWARM_LATER), lr=1e-3),
+            # the library's defaults for the adam term (GRADIENT_DEFAULTS["adam"])
+            library_default_hparams((*_LIBRARY_KEYS, *_SWARM_LATER), gradient="adam"),
             hgpso,
             _swarm_passes,
             swarm=True,
@@ -280,6 +291,7 @@ HPARAM_TYPES: dict[str, Callable[[str], Any]] = {
     "forget": cli.unit_interval,
     "adaptive": cli.boolean,
     "readout": cli.one_of("gbest", "mean"),
+    "gradient": cli.one_of("sgd", "adam"),
     "lr_spread": cli.float_in(1.0, 1e6),
     "lr_pull": cli.unit_interval,
     "swa_lr": cli.positive_float,

@@ -73,7 +73,11 @@ def _worker(rank: int, world_size: int, out_dir: str, cfg: dict[str, Any]) -> No
         torch.manual_seed(0)
         model = FashionCNN()
         opt = hgpso.HGPSO(
-            model.parameters(), num_particles=cfg["particles"], distributed=cfg["mode"], seed=0
+            model.parameters(),
+            num_particles=cfg["particles"],
+            distributed=cfg["mode"],
+            seed=0,
+            gradient="sgd",  # the committed figures' term (the default was then)
         )
         sharded = cfg["mode"] == "sharded"
         # sharded: every rank scores its particles on the whole (same) batch

@@ -114,7 +114,11 @@ def run_callback(args) -> dict:
 
         def configure_optimizers(self):
             return hgpso.HGPSO(
-                self.parameters(), lr=args.hgpso_lr, num_particles=args.particles, seed=0
+                self.parameters(),
+                lr=args.hgpso_lr,
+                num_particles=args.particles,
+                seed=0,
+                gradient="sgd",  # --hgpso-lr is the SGD term's rate (the committed runs')
             )
 
     class Track(pl.Callback):

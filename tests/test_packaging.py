@@ -3,6 +3,7 @@ scripts/check_package.sh does that in CI)."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import re
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import hgpso
 
@@ -24,12 +26,26 @@ INDEX_INSTALL = re.compile(r"pip3?\s+install\s+(?:-\S+\s+)*['\"]?hgpso\b|\bhgpso
 
 
 def _pairs(text: str) -> dict[str, object]:
-    """`a=1, b=True` -> {"a": 1, "b": True} (Python literals only)."""
+    """`a=1, b=True, c="x"` -> {"a": 1, "b": True, "c": "x"} (Python literals only)."""
     out: dict[str, object] = {}
-    for key, value in re.findall(r"(\w+)=([\w.\-']+)", text):
-        literals = {"True": True, "False": False, "None": None}
-        out[key] = literals[value] if value in literals else json.loads(value)
+    for key, value in re.findall(r"(\w+)=(\"[^\"]*\"|'[^']*'|[\w.\-]+)", text):
+        out[key] = ast.literal_eval(value)
     return out
+
+
+def _resolved_defaults(gradient: str | None = None) -> dict[str, object]:
+    """What ``hgpso.HGPSO(params)`` uses (``gradient`` given: ``HGPSO(params,
+    gradient=gradient)``): the signature's defaults, ``lr``/``inertia`` (``None`` there)
+    resolved from the gradient term's own (``hgpso.optim.GRADIENT_DEFAULTS``)."""
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(hgpso.HGPSO).parameters.items()
+        if p.default is not p.empty
+    }
+    if gradient is not None:
+        defaults["gradient"] = gradient
+    resolved = hgpso.optim.gradient_defaults(defaults["gradient"])
+    return {**defaults, **{k: v for k, v in resolved.items() if defaults[k] is None}}
 
 
 def _settings_paragraph() -> list[str]:
@@ -56,24 +72,30 @@ def test_readme_example_is_the_one_the_docs_build_runs() -> None:
 
 def test_readme_settings_match_the_code() -> None:
     library, quickstart, tuned = (_pairs(c) for c in _settings_paragraph())
-    defaults = {
-        k: p.default
-        for k, p in inspect.signature(hgpso.HGPSO).parameters.items()
-        if p.default is not p.empty
-    }
+    defaults = _resolved_defaults()
     assert library == {k: defaults[k] for k in library}
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    built = hgpso.HGPSO(params)  # the signature's defaults are the ones it resolves to
+    for key in ("lr", "inertia"):
+        assert built.defaults[key] == defaults[key], key
+    assert built.gradient == defaults["gradient"]
 
     from benchmarks import quickstart as qs
 
-    parser_defaults = {"lr": 0.02, "num_particles": 4}
+    parser_defaults = {"num_particles": 4}  # its --lr is the library's (default None)
     assert quickstart == parser_defaults
     src = inspect.getsource(qs.main)
-    assert 'ap.add_argument("--lr", type=cli.positive_float, default=0.02' in src
+    assert re.search(r'"--lr",\s*type=cli\.positive_float,\s*default=None,', src)
     assert 'ap.add_argument("--particles", type=cli.positive_int, default=4)' in src
 
     from benchmarks.lit import DEFAULT_HPARAMS
+    from benchmarks.registry import OPTIMIZER_SPECS
 
-    changed = {k: v for k, v in DEFAULT_HPARAMS["hgpso"].items() if defaults[k] != v}
+    # the tuned entry's settings, its gradient term included; what HGPSO(params, **changed)
+    # needs to build them: lr/inertia left out take that term's own defaults
+    settings = {**DEFAULT_HPARAMS["hgpso"], **OPTIMIZER_SPECS["hgpso"].fixed}
+    left_out = {**_resolved_defaults(settings.get("gradient")), "gradient": defaults["gradient"]}
+    changed = {k: v for k, v in settings.items() if left_out[k] != v}
     assert tuned == changed  # every tuned value that differs from the library, and only those
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from torch import Tensor
@@ -10,7 +11,25 @@ from torch import Tensor
 from hgpso.optim.options import check_group_value, check_option
 from hgpso.optim.swarm import SwarmOptimizer
 
-__all__ = ["HGPSO"]
+__all__ = ["GRADIENT_DEFAULTS", "HGPSO", "gradient_defaults"]
+
+#: ``lr`` and ``inertia`` when they are left out (``None``), per gradient term: the two terms'
+#: steps differ in scale (``"sgd"``'s is :math:`\eta g/(1-w)`, ``"adam"``'s about
+#: :math:`\eta/(1-w)` per element), so each term has its own. Chosen on a held-out split of
+#: Fashion-MNIST over a grid on three models (docs/guides/hyperparameters.md, "How the
+#: defaults were chosen").
+GRADIENT_DEFAULTS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "sgd": MappingProxyType({"lr": 1e-2, "inertia": 0.9}),
+        "adam": MappingProxyType({"lr": 3.16e-3, "inertia": 0.0}),
+    }
+)
+
+
+def gradient_defaults(gradient: str) -> dict[str, float]:
+    """The ``lr`` and ``inertia`` that :class:`~hgpso.HGPSO` takes for ``gradient`` when they are
+    ``None`` (:data:`~hgpso.optim.GRADIENT_DEFAULTS`)."""
+    return dict(GRADIENT_DEFAULTS[check_option("gradient", gradient)])
 
 
 class HGPSO(SwarmOptimizer):
@@ -141,14 +160,14 @@ class HGPSO(SwarmOptimizer):
     :math:`\eta/(1-w)`), so ``lr`` and ``inertia`` behave like SGD's ``lr`` and
     ``momentum``; the swarm adds attraction toward personal and global bests.
 
-    **The gradient term** (``gradient``). ``"sgd"`` (the default) is the term above, and
+    **The gradient term** (``gradient``). ``"sgd"`` is the term above, and
     ``weight_decay`` :math:`\lambda` adds :math:`\lambda x` to the gradient (L2, as
     :class:`torch.optim.SGD`): with ``inertia = cognitive = social = 0`` and one particle
     the swarm is SGD, with ``inertia`` = ``momentum`` SGD's heavy ball (:math:`v = -\eta\,
-    \text{buf}`). ``"adam"`` gives every particle Adam's first and second moments of its own
-    gradient (``betas``, ``eps``, bias-corrected with the particle's own step count, which
-    restarts with the particle when it is re-seeded) and the velocity takes Adam's step
-    :math:`\eta\,\hat m / (\sqrt{\hat q} + \epsilon)` instead of :math:`\eta g`;
+    \text{buf}`). ``"adam"`` (the default) gives every particle Adam's first and second
+    moments of its own gradient (``betas``, ``eps``, bias-corrected with the particle's own
+    step count, which restarts with the particle when it is re-seeded) and the velocity takes
+    Adam's step :math:`\eta\,\hat m / (\sqrt{\hat q} + \epsilon)` instead of :math:`\eta g`;
     ``weight_decay`` is then decoupled, the position shrinking by :math:`1 - \eta\lambda`
     before the velocity is added, as :class:`torch.optim.AdamW` does: with ``inertia =
     cognitive = social = 0``, ``adaptive=False`` and one particle the swarm is ``Adam``
@@ -161,7 +180,11 @@ class HGPSO(SwarmOptimizer):
     With ``"adam"`` the groups hold ``betas`` and ``eps``, so torch's
     :class:`~torch.optim.lr_scheduler.OneCycleLR` and
     :class:`~torch.optim.lr_scheduler.CyclicLR` cycle ``betas[0]`` (as they do for Adam)
-    rather than ``inertia``.
+    rather than ``inertia``. ``lr`` and ``inertia`` left out take the term's own defaults
+    (:data:`~hgpso.optim.GRADIENT_DEFAULTS`): the default ``"adam"`` with ``inertia=0`` is
+    per-particle Adam plus the pulls; an ``inertia`` :math:`w > 0` there multiplies Adam's
+    step by about :math:`1/(1-w)` (10x at 0.9), which diverged on the benchmark CNN at
+    Adam's rates.
 
     **Learning-rate schedulers.** Every :mod:`torch.optim.lr_scheduler` class drives the
     groups' ``lr``. In a param group ``momentum`` is another name for ``inertia``: writing
@@ -211,10 +234,13 @@ class HGPSO(SwarmOptimizer):
             set ``lr``, ``inertia`` (or its other name ``momentum``), ``cognitive``,
             ``social``, ``max_velocity``, ``init_spread``, ``weight_decay`` and (with
             ``gradient="adam"``) ``betas`` and ``eps``; the others are swarm-wide.
-        lr: gradient scale :math:`\eta` (default: 1e-2).
+        lr: gradient scale :math:`\eta`; ``None`` takes the gradient term's own default,
+            :data:`~hgpso.optim.GRADIENT_DEFAULTS` (default: None: 3.16e-3 for ``"adam"``,
+            1e-2 for ``"sgd"``).
         num_particles: swarm size :math:`N`; a step costs :math:`N` forward and backward
             passes (default: 8).
-        inertia: :math:`w` (default: 0.9).
+        inertia: :math:`w`; ``None`` takes the gradient term's own default (default: None:
+            0 for ``"adam"``, whose step needs no second momentum, 0.9 for ``"sgd"``).
         cognitive: :math:`c_1`, pull toward the particle's own best (default: 0.1).
         social: :math:`c_2`, pull toward the global best (default: 0.1). Held-out tuning on
             Fashion-MNIST favoured 0.1 over 0.5: a strong pull toward other positions slows
@@ -225,7 +251,8 @@ class HGPSO(SwarmOptimizer):
             the global best (default: 1e-2).
         gradient: the velocity's gradient term, ``"sgd"`` (:math:`\eta g`) or ``"adam"``
             (Adam's preconditioned step, per-particle moments); swarm-wide, fixed when the
-            optimizer is built (default: ``"sgd"``).
+            optimizer is built (default: ``"adam"``, chosen on a held-out split; see the
+            hyperparameters guide).
         betas: Adam's :math:`(\beta_1, \beta_2)`, each in :math:`[0, 1)`; only with
             ``gradient="adam"`` (default: (0.9, 0.999)).
         eps: Adam's :math:`\epsilon \ge 0`; only with ``gradient="adam"`` (default: 1e-8).
@@ -281,7 +308,7 @@ class HGPSO(SwarmOptimizer):
             group when ``torch.distributed`` is initialized).
 
     Example:
-        >>> opt = HGPSO(model.parameters(), lr=0.01, num_particles=8)
+        >>> opt = HGPSO(model.parameters(), num_particles=8)  # gradient="adam", lr=3.16e-3
         >>> def closure():
         ...     opt.zero_grad()
         ...     loss = loss_fn(model(x), y)
@@ -295,15 +322,15 @@ class HGPSO(SwarmOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-2,
+        lr: float | None = None,
         num_particles: int = 8,
-        inertia: float = 0.9,
+        inertia: float | None = None,
         cognitive: float = 0.1,
         social: float = 0.1,
         max_velocity: float | None = None,
         init_spread: float = 1e-2,
         *,
-        gradient: str = "sgd",
+        gradient: str = "adam",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -324,9 +351,10 @@ class HGPSO(SwarmOptimizer):
         lr_pull: float = 0.0,
         process_group: Any = None,
     ) -> None:
+        resolved = gradient_defaults(gradient)  # checks the name before anything is built
         defaults = {
-            "lr": lr,
-            "inertia": inertia,
+            "lr": resolved["lr"] if lr is None else lr,
+            "inertia": resolved["inertia"] if inertia is None else inertia,
             "cognitive": cognitive,
             "social": social,
             "max_velocity": max_velocity,

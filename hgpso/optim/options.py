@@ -237,8 +237,9 @@ def check_options(options: Mapping[str, Any], *, where: str = "") -> dict[str, A
     if out.get("gradient") == "adam" and out.get("fused"):
         raise ValueError(
             "fused=True cannot be combined with gradient='adam': the fused HG-PSO kernel "
-            "implements the 'sgd' gradient term only; use fused=None (the pure-PyTorch "
-            "update runs) or fused=False"
+            "implements the 'sgd' gradient term only; pass gradient='sgd' for the kernel "
+            "(gradient='adam' is the default), or use fused=None (the pure-PyTorch update "
+            "runs) or fused=False"
         )
     return out
 

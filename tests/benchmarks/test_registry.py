@@ -3,6 +3,8 @@ the training loop, the report) reads them, and every entry builds and steps."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,15 +71,21 @@ def test_hgpso_adam_is_the_library_with_the_adam_gradient_term():
     hp = registry.DEFAULT_HPARAMS["hgpso-adam"]
     opt = registry.build_optimizer("hgpso-adam", model.parameters(), hp, registry.BuildContext())
     assert isinstance(opt, hgpso.HGPSO) and opt.gradient == "adam"
-    assert hp["lr"] == registry.DEFAULT_HPARAMS["adam"]["lr"] and hp["num_particles"] == 4
+    # lr and inertia: the library's own for the adam term (not the signature's None)
+    want = hgpso.optim.gradient_defaults("adam")
+    assert (hp["lr"], hp["inertia"]) == (want["lr"], want["inertia"])
+    assert hp["num_particles"] == 4
+    assert (opt.defaults["lr"], opt.defaults["inertia"]) == (want["lr"], want["inertia"])
     # the rest are the library's own defaults, read from its signature
-    assert {k: v for k, v in hp.items() if k not in ("lr", "num_particles")} == {
-        k: v
-        for k, v in registry.library_default_hparams(
-            (*registry._LIBRARY_KEYS, "weight_decay", "lr_spread", "lr_pull")
-        ).items()
-        if k not in ("lr", "num_particles")
-    }
+    signature = inspect.signature(hgpso.HGPSO).parameters
+    for k, v in hp.items():
+        if k not in ("lr", "inertia", "num_particles"):
+            assert signature[k].default == v, k
+    # the tuned entry keeps the SGD term it was tuned with, whatever the library's default
+    tuned = registry.build_optimizer(
+        "hgpso", model.parameters(), registry.DEFAULT_HPARAMS["hgpso"], registry.BuildContext()
+    )
+    assert tuned.gradient == "sgd"
 
 
 def test_keys_added_later_keep_the_configs_of_committed_runs():

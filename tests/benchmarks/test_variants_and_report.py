@@ -28,7 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_library_defaults_come_from_the_signature_with_four_particles():
     hp = lit.DEFAULT_HPARAMS["hgpso-default"]
-    assert set(hp) == {*lit.DEFAULT_HPARAMS["hgpso"], "readout"}
+    assert set(hp) == {*lit.DEFAULT_HPARAMS["hgpso"], "readout", "gradient"}
+    signature = inspect.signature(hgpso.HGPSO).parameters
+    assert hp["gradient"] == signature["gradient"].default
+    # lr and inertia are None in the signature: the entry holds what they resolve to
+    assert {k: hp[k] for k in ("lr", "inertia")} == hgpso.optim.gradient_defaults(hp["gradient"])
     assert (
         hp["num_particles"]
         == 4
@@ -64,6 +68,7 @@ def test_library_defaults_follow_the_library(monkeypatch):
             *,
             forget=0.75,
             adaptive=False,
+            gradient="sgd",
             **kw,
         ):
             super().__init__(
@@ -77,6 +82,7 @@ def test_library_defaults_follow_the_library(monkeypatch):
                 init_spread,
                 forget=forget,
                 adaptive=adaptive,
+                gradient=gradient,
                 **kw,
             )
 
@@ -92,6 +98,23 @@ def test_library_defaults_follow_the_library(monkeypatch):
         "forget": 0.75,
         "adaptive": False,
     }
+
+
+def test_library_defaults_left_to_the_gradient_term_are_resolved(monkeypatch):
+    class Unset(hgpso.HGPSO):
+        def __init__(self, params, lr=None, num_particles=8, inertia=None, *, gradient="sgd"):
+            super().__init__(params, lr, num_particles, inertia, gradient=gradient)
+
+    monkeypatch.setattr(hgpso, "HGPSO", Unset)
+    sgd, adam = (hgpso.optim.gradient_defaults(g) for g in ("sgd", "adam"))
+    keys = ("lr", "inertia", "gradient")
+    assert lit.library_default_hparams(keys) == {**sgd, "gradient": "sgd", "num_particles": 4}
+    assert lit.library_default_hparams(keys, gradient="adam") == {
+        **adam,
+        "gradient": "adam",
+        "num_particles": 4,
+    }
+    assert sgd != adam
 
 
 def test_cli_flags_for_the_variant():

@@ -100,18 +100,21 @@ def one_process(cfg: dict[str, Any]) -> dict[str, Any]:
     return assemble([snap])
 
 
+#: HGPSO with the "sgd" gradient term, whose per-particle rows are ROW_KEYS ("adam" adds its
+#: moments: tests/distributed/test_gradient_term.py)
+SGD = {"optim": "hgpso", "gradient": "sgd"}
 CONFIGS = {
     2: [
-        {"optim": "hgpso", "n": 5, "path": "closure"},  # 3 + 2
-        {"optim": "hgpso", "n": 5, "path": "vectorized", "bn": True, "forget": 0.5},
+        {**SGD, "n": 5, "path": "closure"},  # 3 + 2
+        {**SGD, "n": 5, "path": "vectorized", "bn": True, "forget": 0.5},
         {"optim": "pso", "n": 4, "path": "vectorized"},  # 2 + 2, forget < 1
-        {"optim": "hgpso", "n": 5, "path": "closure", "nan_at": (2, 4)},  # NaN on rank 1
+        {**SGD, "n": 5, "path": "closure", "nan_at": (2, 4)},  # NaN on rank 1
     ],
     3: [
-        {"optim": "hgpso", "n": 5, "path": "closure", "bn": True},  # 2 + 2 + 1
-        {"optim": "hgpso", "n": 4, "path": "vectorized", "bn": True},  # 2 + 1 + 1
+        {**SGD, "n": 5, "path": "closure", "bn": True},  # 2 + 2 + 1
+        {**SGD, "n": 4, "path": "vectorized", "bn": True},  # 2 + 1 + 1
         {"optim": "pso", "n": 4, "path": "closure"},
-        {"optim": "hgpso", "n": 5, "path": "closure", "forget": 0.5, "nan_at": (3, 2)},
+        {**SGD, "n": 5, "path": "closure", "forget": 0.5, "nan_at": (3, 2)},
     ],
 }
 
@@ -200,4 +203,4 @@ def test_sharded_without_a_process_group_holds_every_particle():
         "stop": 3,
     }
     with pytest.raises(ValueError, match="fused=True cannot be combined"):
-        hgpso.HGPSO(model.parameters(), distributed="sharded", fused=True)
+        hgpso.HGPSO(model.parameters(), distributed="sharded", gradient="sgd", fused=True)

@@ -109,7 +109,7 @@ def test_unavailable_kernel_raises_the_stored_error(monkeypatch):
         )
     assert info.value.__cause__ is stored
     with pytest.raises(RuntimeError, match="fused=True") as info:
-        HGPSO(nn.Linear(2, 2).parameters(), fused=True)
+        HGPSO(nn.Linear(2, 2).parameters(), gradient="sgd", fused=True)
     assert info.value.__cause__ is stored
 
 
@@ -119,11 +119,11 @@ def test_fused_true_on_cpu_parameters_raises_clearly(tiny_problem):
     model, _, _ = tiny_problem
     if not kernels.is_available():
         with pytest.raises(RuntimeError, match="fused=True") as info:
-            HGPSO(model.parameters(), fused=True)
+            HGPSO(model.parameters(), gradient="sgd", fused=True)
         assert info.value.__cause__ is kernels.load_error()
         return
     with pytest.raises(ValueError, match="fused=True needs CUDA parameters"):
-        HGPSO(model.parameters(), num_particles=2, fused=True)
+        HGPSO(model.parameters(), num_particles=2, gradient="sgd", fused=True)
 
 
 @pytest.mark.parametrize("fused", [None, False])
@@ -133,7 +133,8 @@ def test_cpu_parameters_never_reach_the_kernel(monkeypatch, tiny_problem, fused)
 
     monkeypatch.setattr(kernels, "fused_hgpso_update_", boom)
     model, x, y = tiny_problem
-    opt = HGPSO(model.parameters(), num_particles=3, seed=0, fused=fused)
+    # "sgd", the term the kernel implements ("adam" never calls it)
+    opt = HGPSO(model.parameters(), num_particles=3, seed=0, gradient="sgd", fused=fused)
     for _ in range(2):
         opt.step(make_closure(opt, model, x, y))
 
@@ -155,13 +156,13 @@ def test_kernel_seed_and_offset_are_in_the_optimizer_state(tiny_problem):
     """The in-kernel stream is keyed by swarm['kernel_seed'] and the step counter, both
     saved in the state_dict, so a resumed fused run draws the same randoms."""
     model, x, y = tiny_problem
-    opt = HGPSO(model.parameters(), num_particles=2, seed=5)
+    opt = HGPSO(model.parameters(), num_particles=2, seed=5, gradient="sgd")
     opt.step(make_closure(opt, model, x, y))
     swarm = opt.state_dict()["state"]["swarm"]
     assert isinstance(swarm["kernel_seed"], int) and 0 <= swarm["kernel_seed"] < 2**62
     assert swarm["step"] == 1
     model2 = TinyNet()
-    opt2 = HGPSO(model2.parameters(), num_particles=2, seed=5)
+    opt2 = HGPSO(model2.parameters(), num_particles=2, seed=5, gradient="sgd")
     opt2.step(make_closure(opt2, model2, x, y))
     assert opt2.state["swarm"]["kernel_seed"] == swarm["kernel_seed"]
 

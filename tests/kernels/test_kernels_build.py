@@ -351,7 +351,7 @@ def test_optimizer_fused_path_resumes_bit_for_bit_on_the_cpu_twin(cpu_twin_as_ke
             {"params": m.fc2.parameters(), "lr": 0.02},
         ]
 
-    kwargs = {"num_particles": 4, "seed": 3, "fused": True}
+    kwargs = {"num_particles": 4, "seed": 3, "gradient": "sgd", "fused": True}
     opt = HGPSO(groups(model), **kwargs)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(kernels, "fused_hgpso_update_", spy)

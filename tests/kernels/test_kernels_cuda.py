@@ -297,12 +297,13 @@ def test_fused_none_uses_the_kernel_on_cuda_and_false_never(monkeypatch):
         ],
         num_particles=4,
         seed=0,
+        gradient="sgd",  # the term the kernel implements
     )
     _train(opt, model, x, y, 3)
     assert calls == [0, 1, 2, 3, 4, 5]  # step * groups + group
     calls.clear()
     model, x, y = _problem()
-    opt = HGPSO(model.parameters(), num_particles=4, seed=0, fused=False)
+    opt = HGPSO(model.parameters(), num_particles=4, seed=0, gradient="sgd", fused=False)
     _train(opt, model, x, y, 2)
     assert calls == []
 
@@ -310,7 +311,9 @@ def test_fused_none_uses_the_kernel_on_cuda_and_false_never(monkeypatch):
 @pytest.mark.parametrize("num_particles", [1, 16])
 def test_fused_training_reduces_the_loss(num_particles):
     model, x, y = _problem()
-    opt = HGPSO(model.parameters(), lr=0.1, num_particles=num_particles, seed=0, fused=True)
+    opt = HGPSO(
+        model.parameters(), lr=0.1, num_particles=num_particles, seed=0, gradient="sgd", fused=True
+    )
     losses = _train(opt, model, x, y, 30)
     assert all(map(torch.isfinite, map(torch.tensor, losses)))
     assert losses[-1] < losses[0]
@@ -318,7 +321,7 @@ def test_fused_training_reduces_the_loss(num_particles):
 
 def test_fused_state_dict_resume_is_bit_for_bit():
     model, x, y = _problem()
-    kwargs = {"num_particles": 6, "seed": 3, "fused": True}
+    kwargs = {"num_particles": 6, "seed": 3, "gradient": "sgd", "fused": True}
     opt = HGPSO(model.parameters(), **kwargs)
     _train(opt, model, x, y, 3)
     buf = io.BytesIO()
@@ -347,7 +350,7 @@ def test_fused_runs_repeat_exactly_for_a_fixed_seed():
     runs = []
     for _ in range(2):
         model, x, y = _problem()
-        opt = HGPSO(model.parameters(), num_particles=5, seed=21, fused=True)
+        opt = HGPSO(model.parameters(), num_particles=5, seed=21, gradient="sgd", fused=True)
         _train(opt, model, x, y, 3)
         runs.append([t.clone() for t in opt._all("position")])
     for a, b in zip(*runs, strict=True):
@@ -357,7 +360,7 @@ def test_fused_runs_repeat_exactly_for_a_fixed_seed():
 def test_bfloat16_parameters_train_with_the_kernel():
     model, x, y = _problem()
     model = model.to(torch.bfloat16)
-    opt = HGPSO(model.parameters(), lr=0.1, num_particles=8, seed=0, fused=True)
+    opt = HGPSO(model.parameters(), lr=0.1, num_particles=8, seed=0, gradient="sgd", fused=True)
     losses = _train(opt, model, x.to(torch.bfloat16), y, 20)
     assert opt.state[model.fc1.weight]["velocity"].dtype == torch.bfloat16
     assert losses[-1] < losses[0]

@@ -81,7 +81,9 @@ def test_one_particle_sgd_is_torch_sgd_with_weight_decay(weight_decay):
     model, ref = _pair(1)
     batches = tiny_batches(6, seed=1)
     lr = 0.05
-    swarm = HGPSO(model.parameters(), lr=lr, weight_decay=weight_decay, seed=0, **ALONE)
+    swarm = HGPSO(
+        model.parameters(), lr=lr, gradient="sgd", weight_decay=weight_decay, seed=0, **ALONE
+    )
     want = _torch_run(
         ref, torch.optim.SGD(ref.parameters(), lr=lr, weight_decay=weight_decay), batches
     )
@@ -95,7 +97,7 @@ def test_inertia_is_sgds_heavy_ball_momentum_with_the_learning_rate_folded_in():
     batches = tiny_batches(8, seed=2)
     lr, mu, wd = 0.05, 0.9, 0.01
     kw = {**ALONE, "inertia": mu}
-    swarm = HGPSO(model.parameters(), lr=lr, weight_decay=wd, seed=0, **kw)
+    swarm = HGPSO(model.parameters(), lr=lr, gradient="sgd", weight_decay=wd, seed=0, **kw)
     sgd = torch.optim.SGD(ref.parameters(), lr=lr, momentum=mu, weight_decay=wd)
     _compare(_swarm_run(model, swarm, batches), _torch_run(ref, sgd, batches), rtol=1e-5, atol=1e-6)
 
@@ -256,14 +258,19 @@ def _old_checkpoint(sd):
 def test_old_checkpoints_load_as_sgd_and_resume_bit_for_bit():
     data = tiny_batches(6, seed=9)
     model, model2 = _pair(9)
-    straight = HGPSO(model.parameters(), num_particles=3, seed=1)
+    kw = {"num_particles": 3, "seed": 1, "gradient": "sgd"}  # before issue 21 all were "sgd"
+    straight = HGPSO(model.parameters(), **kw)
     for x, y in data:
         straight.step(make_closure(straight, model, x, y))
-    first = HGPSO(model2.parameters(), num_particles=3, seed=1)
+    first = HGPSO(model2.parameters(), **kw)
     for x, y in data[:3]:
         first.step(make_closure(first, model2, x, y))
     old = _old_checkpoint(first.state_dict())
-    resumed = HGPSO(model2.parameters(), num_particles=3, seed=1)
+    # a default-built optimizer ("adam") refuses it, naming the term it was saved with
+    _refused_unchanged(
+        HGPSO(model2.parameters(), num_particles=3, seed=1), old, r"saved with gradient='sgd'"
+    )
+    resumed = HGPSO(model2.parameters(), **kw)
     resumed.load_state_dict(old)
     assert resumed.gradient == "sgd" and resumed.param_groups[0]["weight_decay"] == 0.0
     for x, y in data[3:]:
@@ -283,7 +290,7 @@ def test_a_checkpoint_of_the_other_gradient_term_is_refused_with_nothing_loaded(
     x, y = tiny_batches(1, seed=10)[0]
     adam = _adam_swarm(model)
     adam.step(make_closure(adam, model, x, y))
-    sgd = HGPSO(model.parameters(), num_particles=4, seed=5)
+    sgd = HGPSO(model.parameters(), num_particles=4, seed=5, gradient="sgd")
     sgd.step(make_closure(sgd, model, x, y))
     _refused_unchanged(sgd, adam.state_dict(), r"saved with gradient='adam'.*gradient='sgd'")
     _refused_unchanged(adam, sgd.state_dict(), r"saved with gradient='sgd'.*gradient='adam'")
@@ -395,9 +402,60 @@ def test_adam_state_is_4n_plus_1_model_copies_at_forget_one(n, forget, copies):
         if isinstance(t, torch.Tensor)
     )
     assert swarm_bytes == n * 4 + n * 8  # best losses (float32) and step counts (int64)
-    sgd = HGPSO(model.parameters(), num_particles=n, forget=forget)
+    sgd = HGPSO(model.parameters(), num_particles=n, forget=forget, gradient="sgd")
     sgd.step(make_closure(sgd, model, x, y))
     assert param_state_bytes(sgd) == ((copies - 2) * n + 1) * p_count * 4
+
+
+# ------------------------------------------------------------------ defaults per term
+def _lr_inertia(opt):
+    """``lr``, ``inertia`` (and its alias ``momentum``) of the defaults and of every group."""
+    return [
+        {k: d[k] for k in ("lr", "inertia", "momentum")} for d in (opt.defaults, *opt.param_groups)
+    ]
+
+
+@pytest.mark.parametrize("gradient", sorted(hgpso.optim.GRADIENT_DEFAULTS))
+def test_left_out_lr_and_inertia_take_the_gradient_terms_defaults(gradient):
+    """``lr=None``/``inertia=None`` (left out) resolve, when the optimizer is built, to
+    ``GRADIENT_DEFAULTS[gradient]``: floats in the defaults and in every group, never None;
+    values that are passed, even ``inertia=0.0`` or a group's own ``lr``, win."""
+    want = hgpso.optim.gradient_defaults(gradient)
+    assert want == dict(hgpso.optim.GRADIENT_DEFAULTS[gradient]) and set(want) == {"lr", "inertia"}
+    lr, w = want["lr"], want["inertia"]
+    model, _ = _pair(22)
+    fc1, fc2 = list(model.fc1.parameters()), list(model.fc2.parameters())
+    built = HGPSO(model.parameters(), gradient=gradient)
+    assert built.gradient == gradient
+    assert _lr_inertia(built) == [{"lr": lr, "inertia": w, "momentum": w}] * 2
+    for row in _lr_inertia(built):
+        assert all(type(v) is float for v in row.values()), row  # resolved: no None left
+    given = HGPSO(model.parameters(), gradient=gradient, lr=0.25, inertia=0.0)
+    assert _lr_inertia(given) == [{"lr": 0.25, "inertia": 0.0, "momentum": 0.0}] * 2
+    only_inertia = HGPSO(model.parameters(), gradient=gradient, inertia=0.5)
+    assert _lr_inertia(only_inertia) == [{"lr": lr, "inertia": 0.5, "momentum": 0.5}] * 2
+    grouped = HGPSO([{"params": fc1, "lr": 0.3}, {"params": fc2}], gradient=gradient)
+    assert _lr_inertia(grouped) == [
+        {"lr": lr, "inertia": w, "momentum": w},
+        {"lr": 0.3, "inertia": w, "momentum": w},
+        {"lr": lr, "inertia": w, "momentum": w},
+    ]
+    # the resolved values are the ones the update uses: the same swarm as passing them
+    model2 = copy.deepcopy(model)
+    a = HGPSO(model.parameters(), gradient=gradient, num_particles=3, seed=4)
+    b = HGPSO(model2.parameters(), gradient=gradient, num_particles=3, seed=4, lr=lr, inertia=w)
+    for x, y in tiny_batches(2, seed=22):
+        a.step(make_closure(a, model, x, y))
+        b.step(make_closure(b, model2, x, y))
+    assert_same_state(a.state_dict(), b.state_dict())
+
+
+def test_the_default_gradient_term_is_adam_with_its_defaults():
+    model, _ = _pair(23)
+    opt = HGPSO(model.parameters())
+    assert opt.gradient == "adam" and opt.defaults["swarm_options"]["gradient"] == "adam"
+    want = hgpso.optim.gradient_defaults("adam")
+    assert _lr_inertia(opt) == [{**want, "momentum": want["inertia"]}] * 2
 
 
 # ------------------------------------------------------------------ refusals
@@ -420,7 +478,7 @@ def test_fused_with_adam_is_refused_at_construction():
         ({"gradient": "adam", "eps": math.inf}, r"eps must be finite"),
         ({"weight_decay": -0.1}, r"invalid weight_decay: -0.1, expected a value in \[0.0"),
         ({"gradient": "adam", "weight_decay": math.inf}, r"weight_decay must be finite"),
-        ({"betas": (0.5, 0.9)}, r"no effect with gradient='sgd'"),
+        ({"gradient": "sgd", "betas": (0.5, 0.9)}, r"no effect with gradient='sgd'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_argument(kw, match):

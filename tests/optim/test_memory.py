@@ -30,10 +30,11 @@ def _swarm_tensor_bytes(opt):
 
 
 def _run(n, steps=3, **kw):
+    """The "sgd" gradient term's swarm (the (2N + 1) P layout; "adam" adds its moments)."""
     torch.manual_seed(0)
     model = TinyNet()
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt = HGPSO(model.parameters(), num_particles=n, seed=0, **kw)
+    opt = HGPSO(model.parameters(), num_particles=n, seed=0, gradient="sgd", **kw)
     for _ in range(steps):
         opt.step(make_closure(opt, model, x, y))
     return model, opt, x, y
@@ -88,7 +89,7 @@ def test_a_checkpoint_with_personal_bests_loads_and_resumes_bit_for_bit():
         pbest[i] = st.pop("gbest")
         st["pbest"] = pbest
     model2 = copy.deepcopy(model)
-    opt2 = HGPSO(model2.parameters(), num_particles=4, seed=123)
+    opt2 = HGPSO(model2.parameters(), num_particles=4, seed=123, gradient="sgd")
     opt2.load_state_dict(sd)
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert set(opt2.state[q]) == {"position", "velocity", "gbest"}

@@ -25,6 +25,7 @@ def test_first_step_replays_the_documented_update():
     opt = HGPSO(
         [theta],
         lr=lr,
+        gradient="sgd",  # the equation below is the "sgd" term's: v -= lr * grad
         num_particles=n,
         inertia=w,
         cognitive=c1,
@@ -362,13 +363,13 @@ def test_fused_true_without_kernel_raises_the_stored_error():
     if hgpso.kernels.is_available():
         pytest.skip("the fused kernel is available here")
     with pytest.raises(RuntimeError, match="fused=True"):
-        HGPSO(nn.Linear(2, 2).parameters(), fused=True)
+        HGPSO(nn.Linear(2, 2).parameters(), gradient="sgd", fused=True)
 
 
 # --------------------------------------------------------------------------- adaptation
 def test_stall_signal_and_lr_cuts_on_a_flat_loss():
     p = nn.Parameter(torch.zeros(3))
-    opt = HGPSO([p], num_particles=2, patience=5, lr_patience=2, lr_factor=0.5, seed=0)
+    opt = HGPSO([p], lr=0.01, num_particles=2, patience=5, lr_patience=2, lr_factor=0.5, seed=0)
 
     def flat():
         opt.zero_grad()
@@ -387,7 +388,15 @@ def test_stall_signal_and_lr_cuts_on_a_flat_loss():
 
 def test_non_adaptive_keeps_group_coefficients(tiny_problem):
     model, x, y = tiny_problem
-    opt = HGPSO(model.parameters(), num_particles=3, adaptive=False, lr_patience=1, seed=0)
+    opt = HGPSO(
+        model.parameters(),
+        lr=0.01,
+        inertia=0.9,
+        num_particles=3,
+        adaptive=False,
+        lr_patience=1,
+        seed=0,
+    )
     _train(opt, model, x, y, 5)
     assert opt.effective_hyperparameters() == {
         "lr": 0.01,

@@ -229,11 +229,12 @@ def test_checkpoints_and_pickles_carry_the_readout():
 
 
 def test_old_checkpoints_and_pickles_without_the_readout_are_gbest():
-    model, opt = _train("gbest", steps=2)
+    # "sgd": the versions before had no gradient option, so their swarms are "sgd" ones
+    model, opt = _train("gbest", steps=2, gradient="sgd")
     sd = opt.state_dict()
     for key in ("readout", "readout_k"):
         del sd[OPTIONS_KEY][key]
-    fresh = HGPSO(model.parameters(), num_particles=5, seed=3)
+    fresh = HGPSO(model.parameters(), num_particles=5, seed=3, gradient="sgd")
     fresh.load_state_dict(sd)
     assert (fresh.readout, fresh.readout_k) == ("gbest", None)
     # a pickle of the version before: swarm options without the readout (nor the gradient)

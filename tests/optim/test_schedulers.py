@@ -3,7 +3,9 @@
 ``lr`` schedules write the group's ``lr``; ``OneCycleLR`` and ``CyclicLR`` (whose default
 ``cycle_momentum=True`` cycles ``group["momentum"]``) drive the inertia, because in a
 swarm's param group ``momentum`` is another name for ``inertia``. Scheduler and optimizer
-state resume bit for bit.
+state resume bit for bit. The swarms here use ``gradient="sgd"``: with ``"adam"`` (the
+default) the groups hold ``betas`` and those schedulers cycle ``betas[0]`` instead
+(tests/optim/test_gradient_term.py).
 """
 
 import copy
@@ -18,6 +20,7 @@ from torch import nn
 from torch.optim import lr_scheduler as S
 
 from hgpso import HGPSO, PSO
+from hgpso.optim import gradient_defaults
 from tests.helpers import TinyNet, make_closure
 
 #: every scheduler with only its required arguments (the rest at torch's defaults)
@@ -72,7 +75,7 @@ def test_scheduler_drives_hgpso_and_resumes_bit_for_bit(name):
     torch.manual_seed(0)
     model = TinyNet()
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
-    opt = HGPSO(model.parameters(), num_particles=3, seed=0)
+    opt = HGPSO(model.parameters(), num_particles=3, seed=0, gradient="sgd")
     sched = SCHEDULERS[name](opt)
     seen = _run(opt, sched, model, x, y, 2)
     saved = copy.deepcopy((model.state_dict(), opt.state_dict(), sched.state_dict()))
@@ -86,7 +89,7 @@ def test_scheduler_drives_hgpso_and_resumes_bit_for_bit(name):
     assert (len(set(inertias)) > 1) == (name in CYCLES_MOMENTUM)
     model2 = TinyNet()
     model2.load_state_dict(saved[0])
-    opt2 = HGPSO(model2.parameters(), num_particles=3)
+    opt2 = HGPSO(model2.parameters(), num_particles=3, gradient="sgd")
     sched2 = SCHEDULERS[name](opt2)
     opt2.load_state_dict(saved[1])
     sched2.load_state_dict(saved[2])
@@ -125,7 +128,15 @@ def test_one_cycle_momentum_is_the_inertia_the_update_uses():
     total, max_lr = 10, 0.1
     w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
     c = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
-    opt = HGPSO([w], num_particles=2, cognitive=0.0, social=0.0, init_spread=0.0, adaptive=False)
+    opt = HGPSO(
+        [w],
+        num_particles=2,
+        gradient="sgd",
+        cognitive=0.0,
+        social=0.0,
+        init_spread=0.0,
+        adaptive=False,
+    )
     sched = S.OneCycleLR(opt, max_lr, total_steps=total)
 
     def closure():
@@ -154,7 +165,7 @@ def test_one_cycle_momentum_is_the_inertia_the_update_uses():
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_cyclic_lr_cycles_the_inertia_between_its_bounds():
-    opt = HGPSO(nn.Linear(2, 2).parameters(), num_particles=2)
+    opt = HGPSO(nn.Linear(2, 2).parameters(), num_particles=2, gradient="sgd")
     sched = S.CyclicLR(opt, 1e-3, 1e-2, step_size_up=2)  # momentum 0.9 -> 0.8 -> 0.9
     seen = []
     for _ in range(5):
@@ -178,7 +189,14 @@ def _params():
 def test_momentum_and_inertia_are_one_value():
     opt = HGPSO([{"params": _params(), "momentum": 0.5}, {"params": _params(), "inertia": 0.6}])
     assert [(g["inertia"], g["momentum"]) for g in opt.param_groups] == [(0.5, 0.5), (0.6, 0.6)]
-    assert opt.defaults["momentum"] == opt.defaults["inertia"] == 0.9
+    # left out, the inertia is the gradient term's default ("adam" unless given), under both names
+    assert (
+        opt.defaults["momentum"] == opt.defaults["inertia"] == gradient_defaults("adam")["inertia"]
+    )
+    for built, gradient in ((HGPSO(_params()), "adam"), (HGPSO(_params(), gradient="sgd"), "sgd")):
+        want = gradient_defaults(gradient)["inertia"]
+        for where in (built.defaults, built.param_groups[0]):
+            assert where["momentum"] == where["inertia"] == want, (gradient, where)
     g = opt.param_groups[0]
     g["inertia"] = 0.3
     assert g["momentum"] == 0.3
@@ -225,7 +243,7 @@ def test_a_bad_scheduled_value_is_refused_before_anything_moves():
 
 def test_load_state_dict_checks_momentum_against_inertia():
     model = TinyNet()
-    opt = HGPSO(model.parameters(), num_particles=2, seed=0)
+    opt = HGPSO(model.parameters(), num_particles=2, seed=0, inertia=0.9)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     opt.step(make_closure(opt, model, x, y))
     sd = opt.state_dict()

@@ -233,7 +233,8 @@ def test_failing_step_on_the_fused_path_launches_nothing(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "fused_hgpso_update_", spy)
-    model, opt, x, y = _trained(groups=True, fused=True)
+    # the kernel implements the "sgd" gradient term only
+    model, opt, x, y = _trained(groups=True, fused=True, gradient="sgd")
     assert launches == [0, 1, 2, 3]
     snap = _snapshot(model, opt)
     with monkeypatch.context() as mp:
@@ -242,7 +243,7 @@ def test_failing_step_on_the_fused_path_launches_nothing(monkeypatch):
             opt.step(make_closure(opt, model, x, y))
     assert launches == [0, 1, 2, 3]
     _assert_unchanged(model, opt, snap)
-    model2, opt2, _, _ = _trained(groups=True, fused=True)
+    model2, opt2, _, _ = _trained(groups=True, fused=True, gradient="sgd")
     opt.step(_closure(opt, model, x, y, nan_particle=2))
     opt2.step(_closure(opt2, model2, x, y, nan_particle=2))
     _assert_same_state(opt.state_dict(), opt2.state_dict())
@@ -366,14 +367,15 @@ def test_impossible_swarm_size_names_num_particles_and_bytes(monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
 
     monkeypatch.setattr(swarm_module.SwarmOptimizer, "_allocate_swarm", oom)
-    # forget=1: positions, velocities and one global best, (2N + 1) copies of 4000 bytes
-    opt = HGPSO([p], num_particles=10**6)
+    # "sgd", forget=1: positions, velocities and one global best, (2N + 1) copies of 4000 bytes
+    opt = HGPSO([p], num_particles=10**6, gradient="sgd")
     with pytest.raises(
         RuntimeError, match=r"num_particles=1000000 for a model of 1000 parameters.* 8000004000 by"
     ):
         opt.step(lambda: p.sum())
     assert "swarm" not in opt.state and p not in opt.state
-    opt = HGPSO([p], num_particles=10**6, forget=0.5)  # + personal bests: (3N + 1) copies
+    # + personal bests: (3N + 1) copies
+    opt = HGPSO([p], num_particles=10**6, forget=0.5, gradient="sgd")
     with pytest.raises(RuntimeError, match=r"personal bests.* 12000004000 bytes"):
         opt.step(lambda: p.sum())
 
@@ -399,16 +401,19 @@ def test_freezing_one_parameter_later_is_refused_with_nothing_lost():
 
 def test_swarm_wide_options_travel_with_the_state_dict():
     model, _opt, x, y = _trained()
-    opt = HGPSO(model.parameters(), num_particles=4, seed=5, forget=0.25, patience=7)
+    # "sgd": a checkpoint from before the options were saved (below) is a "sgd" one
+    opt = HGPSO(
+        model.parameters(), num_particles=4, seed=5, forget=0.25, patience=7, gradient="sgd"
+    )
     opt.step(make_closure(opt, model, x, y))
     sd = opt.state_dict()
     assert sd["swarm_options"]["forget"] == 0.25
-    other = HGPSO(model.parameters(), num_particles=4)
+    other = HGPSO(model.parameters(), num_particles=4, gradient="sgd")
     other.load_state_dict(sd)
     assert (other.forget, other.patience, other.seed) == (0.25, 7, 5)
     old = copy.deepcopy(sd)
     del old["swarm_options"]  # a checkpoint from before the options were saved
-    third = HGPSO(model.parameters(), num_particles=4, forget=0.5)
+    third = HGPSO(model.parameters(), num_particles=4, forget=0.5, gradient="sgd")
     third.load_state_dict(old)
     assert third.forget == 0.5
     bad = copy.deepcopy(sd)

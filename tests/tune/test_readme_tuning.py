@@ -6,6 +6,7 @@ would paste them (the second and third use the first's ``space``, ``final_loss``
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from pathlib import Path
@@ -17,11 +18,14 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("lightning")
 
 import hgpso  # noqa: E402
+from hgpso.optim import gradient_defaults  # noqa: E402
 from hgpso.tune import SearchSpace, make_strategy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADING = "## Tuning: three ways\n"
-DEFAULTS = {"lr": 0.01, "inertia": 0.9}  # HGPSO's library defaults, the reference point
+#: HGPSO's library defaults, the reference point: the lr and inertia that
+#: ``hgpso.HGPSO(params)`` takes, its default gradient term's (``GRADIENT_DEFAULTS``)
+DEFAULTS = gradient_defaults(inspect.signature(hgpso.HGPSO).parameters["gradient"].default)
 
 
 def _section() -> str:
