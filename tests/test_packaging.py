@@ -105,6 +105,9 @@ def test_readme_results_are_the_committed_ones() -> None:
     labels = {  # README row label -> optimizer key of the committed summary
         "SGD (": "sgd",
         "Adam (": "adam",
+        "AdamW (": "adamw",
+        "SWA (": "swa",
+        "Lookahead (": "lookahead",
         "PSO (": "pso",
         "HG-PSO (tuned": "hgpso",
         "HG-PSO (library defaults": "hgpso-default",
