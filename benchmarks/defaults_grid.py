@@ -22,19 +22,22 @@ from typing import Any
 
 from benchmarks import cli_types as cli
 from benchmarks.atomic import write_text
+from benchmarks.registry import optimizer_spec
 
 ROOT = Path("benchmarks/results/defaults-grid")
 MODELS = {"cnn": "CNN", "cnn-bn": "CNN + BatchNorm", "mlp": "MLP"}
 # the settings a row names (the rest are the registry's for that entry)
 SHOWN = ("gradient", "inertia", "forget", "adaptive")
-_GRADIENT = {"hgpso": "sgd", "hgpso-adam": "adam"}  # fixed by the entry's name
 
 
 def _settings(optimizer: str, hparams: dict[str, Any]) -> str:
-    if optimizer in ("sgd", "adam"):
-        return "momentum 0.9" if optimizer == "sgd" else ""
-    hp = {"gradient": _GRADIENT.get(optimizer, "sgd"), **hparams}
-    return ", ".join(f"{k}={hp[k]}" for k in SHOWN if k in hp)
+    spec = optimizer_spec(optimizer)
+    if not spec.swarm:
+        return f"momentum {hparams['momentum']}" if "momentum" in hparams else ""
+    # a gradient the run did not record is the entry's fixed one, or its legacy value
+    gradient = spec.fixed.get("gradient", spec.legacy.get("gradient"))
+    hp = {"gradient": gradient, **hparams}
+    return ", ".join(f"{k}={hp[k]}" for k in SHOWN if hp.get(k) is not None)
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
